@@ -1,0 +1,157 @@
+"""Known blocking calls -> the fix a user should apply: one table, read by the engine."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Hint:
+    """What blocked, in words, and the async replacement (the seed's fix table)."""
+
+    key: str
+    cause: str
+    fix: str
+
+    def render(self) -> str:
+        return f"{self.cause} — {self.fix}"
+
+
+SLEEP = Hint("sleep", "time.sleep blocks every request", "use `await asyncio.sleep(...)`")
+HTTP = Hint(
+    "http",
+    "sync HTTP (requests/urllib/http.client) blocks every request",
+    "use `await httpx.AsyncClient().get(url)`",
+)
+SQL = Hint(
+    "sqlalchemy",
+    "a sync SQLAlchemy engine/session blocks the loop on every query",
+    'use `AsyncSession` with `create_async_engine("postgresql+asyncpg://...")`',
+)
+FILE = Hint(
+    "file",
+    "file I/O blocks the loop",
+    "use `await asyncio.to_thread(path.read_text)` or aiofiles",
+)
+CPU = Hint(
+    "cpu",
+    "CPU-bound work holds the loop",
+    "use `await asyncio.to_thread(compute)` or a `ProcessPoolExecutor` via `loop.run_in_executor`",
+)
+SUBPROCESS = Hint(
+    "subprocess",
+    "subprocess waits for the child on the loop thread",
+    "use `await asyncio.create_subprocess_exec(...)`",
+)
+SOCKET = Hint(
+    "socket",
+    "a blocking socket call holds the loop",
+    "use asyncio streams: `await asyncio.open_connection(host, port)`",
+)
+DNS = Hint("dns", "a sync DNS lookup holds the loop", "use `await loop.getaddrinfo(host, port)`")
+LOCK = Hint(
+    "lock",
+    "a threading lock/event/queue wait holds the loop",
+    "use `asyncio.Lock`/`asyncio.Event`/`asyncio.Queue`, or `await asyncio.to_thread(...)`",
+)
+FUTURE = Hint(
+    "future",
+    "`concurrent.futures.Future.result()` waits on the loop thread",
+    "use `await asyncio.wrap_future(future)`",
+)
+WAITING = Hint(
+    "blocking",
+    "a blocking call holds the loop",
+    "move it off the loop: `await asyncio.to_thread(func, ...)`",
+)
+
+# The first library module the user's code called into decides the hint.
+_BY_MODULE: tuple[tuple[str, Hint], ...] = (
+    ("requests", HTTP),
+    ("urllib3", HTTP),
+    ("urllib.request", HTTP),
+    ("http.client", HTTP),
+    ("httpx", HTTP),
+    ("sqlalchemy", SQL),
+    ("sqlite3", SQL),
+    ("psycopg2", SQL),
+    ("psycopg", SQL),
+    ("pymysql", SQL),
+    ("subprocess", SUBPROCESS),
+    ("socket", SOCKET),
+    ("ssl", SOCKET),
+    ("selectors", SOCKET),
+    ("concurrent.futures", FUTURE),
+    ("threading", LOCK),
+    ("queue", LOCK),
+    ("pathlib", FILE),
+    ("shutil", FILE),
+)
+
+# When the blocking call is C code called straight from the user's line, the line names it.
+_BY_CALL: dict[str, Hint] = {
+    "sleep": SLEEP,
+    "urlopen": HTTP,
+    "getaddrinfo": DNS,
+    "gethostbyname": DNS,
+    "check_output": SUBPROCESS,
+    "check_call": SUBPROCESS,
+    "Popen": SUBPROCESS,
+    "communicate": SUBPROCESS,
+    "recv": SOCKET,
+    "recv_into": SOCKET,
+    "recvfrom": SOCKET,
+    "accept": SOCKET,
+    "connect": SOCKET,
+    "sendall": SOCKET,
+    "create_connection": SOCKET,
+    "acquire": LOCK,
+    "join": LOCK,
+    "result": FUTURE,
+    "open": FILE,
+    "read": FILE,
+    "readline": FILE,
+    "readlines": FILE,
+    "read_text": FILE,
+    "read_bytes": FILE,
+    "write": FILE,
+    "write_text": FILE,
+    "fsync": FILE,
+}
+_CALLED = re.compile(r"([A-Za-z_]\w*)\s*\(")
+_CPU_BOUND_RATIO = 0.5
+
+
+def for_module(module: str) -> Hint | None:
+    """The hint for blocking inside ``module`` (a dotted name), if it is a known blocker."""
+    for prefix, hint in _BY_MODULE:
+        if module == prefix or module.startswith(prefix + "."):
+            return hint
+    return None
+
+
+def for_line(line: str) -> Hint | None:
+    """The hint for the last known blocking call named on a source line."""
+    if "subprocess." in line:
+        return SUBPROCESS
+    found = [_BY_CALL[name] for name in _CALLED.findall(line) if name in _BY_CALL]
+    return found[-1] if found else None
+
+
+def classify(line: str, callees: Sequence[str], cpu_ratio: float | None) -> Hint:
+    """Pick the hint for a block seen at ``line`` that was running inside ``callees``.
+
+    ``callees`` are the modules the user's line called into, outermost first; ``cpu_ratio`` is
+    the share of the block's wall time the loop thread spent on the CPU (None: unknown).
+    """
+    for module in callees:
+        hint = for_module(module)
+        if hint is not None:
+            return hint
+    cpu_bound = cpu_ratio is not None and cpu_ratio >= _CPU_BOUND_RATIO
+    hint = for_line(line)
+    if hint is not None and not (cpu_bound and hint is FILE):
+        return hint
+    return CPU if cpu_bound else WAITING

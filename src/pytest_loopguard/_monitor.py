@@ -1,0 +1,439 @@
+"""The engine: finds callbacks that hold an asyncio loop too long, and where they were stuck.
+
+Nothing runs per callback. While a guard is active, ``BaseEventLoop.run_forever`` is wrapped so
+the guard learns which threads run loops; a watchdog thread then looks at those threads' stacks a
+hundred times a second. The ``Handle._run`` frame on a loop thread's stack *is* the running
+callback: seeing the same frame object on consecutive looks means the same callback still holds
+the loop. Once it has held it for half the threshold, the watchdog looks faster and counts the
+user-code lines it finds, so the report names the line the loop was stuck on, not the line after.
+No pytest import here: the plugin and ``with LoopGuard(): asyncio.run(main())`` share this code.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import sys
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from types import CodeType, FrameType, TracebackType
+from typing import Any
+
+from . import _hints
+from ._frames import FrameFilter, FrameInfo, current_stack, describe
+
+# Captured at import so that a test patching time.perf_counter cannot skew a verdict.
+_clock = time.perf_counter
+_RUN_CODE: CodeType = asyncio.events.Handle._run.__code__
+
+
+@dataclass(frozen=True)
+class BlockEvent:
+    """One callback that held the event loop for at least the threshold."""
+
+    duration: float
+    threshold: float
+    cpu_time: float | None
+    frame: FrameInfo | None
+    stack: tuple[FrameInfo, ...]
+    hint: _hints.Hint
+    allowed: bool = False
+    phase: str | None = None
+    fixture: str | None = None
+    thread: str = ""
+    samples: int = 0
+
+    @property
+    def cpu_bound(self) -> bool | None:
+        """True when the loop thread was mostly on the CPU, None when that is unknown."""
+        if self.cpu_time is None or self.duration <= 0:
+            return None
+        return self.cpu_time >= 0.5 * self.duration
+
+
+def _cpu_clock(ident: int) -> Callable[[], float] | None:
+    """A reader of another thread's CPU time, where the platform offers one."""
+    try:
+        clock_id = time.pthread_getcpuclockid(ident)
+        time.clock_gettime(clock_id)
+    except (AttributeError, OSError):
+        return None
+    return lambda: time.clock_gettime(clock_id)
+
+
+def _read(clock: Callable[[], float] | None) -> float | None:
+    if clock is None:
+        return None
+    try:
+        return clock()
+    except OSError:  # the thread has ended
+        return None
+
+
+# One resolved sample: the blocking user frame, the user stack, the modules that frame called.
+_Sample = tuple[FrameInfo | None, tuple[FrameInfo, ...], tuple[str, ...]]
+
+
+@dataclass
+class _Block:
+    """A callback seen on a loop thread: grows while the same ``Handle._run`` frame stays."""
+
+    run_frame: FrameType
+    start: float
+    last_seen: float
+    cpu_first: float | None
+    cpu_last: float | None
+    phase: str | None
+    fixture: str | None
+    allowed: bool = False
+    counts: Counter[tuple[CodeType, int]] = field(default_factory=Counter)
+    examples: dict[tuple[CodeType, int], _Sample] = field(default_factory=dict)
+
+
+@dataclass
+class _Watched:
+    """A thread that is running a loop, and the callback it was last seen in."""
+
+    ident: int
+    name: str
+    cpu_clock: Callable[[], float] | None
+    last_poll: float
+    depth: int = 1
+    block: _Block | None = None
+    loop_debug: list[tuple[asyncio.AbstractEventLoop, bool, float]] = field(default_factory=list)
+
+
+class LoopGuard:
+    """Record every callback that holds an asyncio event loop for ``threshold`` seconds or more.
+
+    ``with LoopGuard(threshold=0.1) as guard: asyncio.run(main())``, then read ``guard.events``.
+    Works for loops started inside the ``with`` block in any thread, and for the loop running
+    in the current thread when the block is entered. ``debug=True`` also turns on asyncio's debug
+    mode on those loops, with ``slow_callback_duration`` set to the threshold.
+    """
+
+    def __init__(self, threshold: float = 0.1, *, debug: bool = False) -> None:
+        if not (isinstance(threshold, (int, float)) and math.isfinite(threshold) and threshold > 0):
+            raise ValueError(f"threshold must be a finite number of seconds > 0, got {threshold!r}")
+        self._threshold = float(threshold)
+        self._debug = debug
+        self._cond = threading.Condition(threading.Lock())
+        self._watched: dict[int, _Watched] = {}
+        self._allow_depth: dict[int, int] = {}
+        self._events: list[BlockEvent] = []
+        self._phase: str | None = None
+        self._fixture: str | None = None
+        self._filter = FrameFilter()
+        self._thread: threading.Thread | None = None
+        self._active = False
+        self._stopping = False
+
+    @property
+    def threshold(self) -> float:
+        return self._threshold
+
+    @property
+    def events(self) -> list[BlockEvent]:
+        """The blocks recorded so far, in the order they ended."""
+        with self._cond:
+            return list(self._events)
+
+    @property
+    def active(self) -> bool:
+        return self._active
+
+    @property
+    def context(self) -> tuple[str | None, str | None]:
+        """The (phase, fixture) label that new blocks get."""
+        return self._phase, self._fixture
+
+    def set_context(self, phase: str | None = None, fixture: str | None = None) -> None:
+        """Label the blocks that start from now on (the plugin passes its test phase here)."""
+        with self._cond:
+            self._phase, self._fixture = phase, fixture
+
+    def name_fixture(self, since: int, fixture: str) -> None:
+        """Give ``fixture`` to the unnamed blocks recorded after the first ``since`` events."""
+        with self._cond:
+            for i in range(since, len(self._events)):
+                if self._events[i].fixture is None:
+                    self._events[i] = _replace(self._events[i], fixture=fixture)
+
+    @contextmanager
+    def allow(self) -> Iterator[None]:
+        """Blocks of the current thread's loop inside this block are recorded as allowed."""
+        ident = threading.get_ident()
+        with self._cond:
+            self._allow_depth[ident] = self._allow_depth.get(ident, 0) + 1
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._allow_depth[ident] -= 1
+
+    def __enter__(self) -> LoopGuard:
+        if self._active:
+            raise RuntimeError("this LoopGuard is already active")
+        self._active, self._stopping = True, False
+        _REGISTRY.add(self)
+        running = asyncio._get_running_loop()
+        if running is not None:
+            self._loop_started(running)
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        _REGISTRY.remove(self)
+        with self._cond:
+            self._stopping = True
+            self._cond.notify_all()
+            thread, self._thread = self._thread, None
+        if thread is not None:
+            thread.join()
+        with self._cond:
+            for watched in self._watched.values():
+                self._close(watched, _clock())
+                self._restore_debug(watched)
+            self._watched.clear()
+        self._active = False
+
+    # -- called on the loop thread by the run_forever wrapper ----------------------------
+
+    def _loop_started(self, loop: asyncio.AbstractEventLoop) -> None:
+        ident = threading.get_ident()
+        with self._cond:
+            if self._stopping:
+                return
+            watched = self._watched.get(ident)
+            if watched is None:
+                name = threading.current_thread().name
+                watched = _Watched(ident, name, _cpu_clock(ident), _clock())
+                self._watched[ident] = watched
+            else:
+                watched.depth += 1
+            if self._debug:
+                self._apply_debug(watched, loop)
+            self._ensure_watchdog()
+            self._cond.notify_all()
+
+    def _loop_stopped(self, loop: asyncio.AbstractEventLoop) -> None:
+        ident = threading.get_ident()
+        with self._cond:
+            watched = self._watched.get(ident)
+            if watched is None:
+                return
+            watched.depth -= 1
+            self._close(watched, _clock())
+            if watched.depth == 0:
+                self._restore_debug(watched)
+                del self._watched[ident]
+
+    def _apply_debug(self, watched: _Watched, loop: asyncio.AbstractEventLoop) -> None:
+        slow = getattr(loop, "slow_callback_duration", 0.1)
+        watched.loop_debug.append((loop, loop.get_debug(), slow))
+        loop.set_debug(True)
+        loop.slow_callback_duration = self._threshold
+
+    @staticmethod
+    def _restore_debug(watched: _Watched) -> None:
+        for loop, debug, slow in reversed(watched.loop_debug):
+            if not loop.is_closed():
+                loop.set_debug(debug)
+            loop.slow_callback_duration = slow
+        watched.loop_debug.clear()
+
+    # -- the watchdog --------------------------------------------------------------------
+
+    def _ensure_watchdog(self) -> None:
+        if self._thread is None:
+            self._thread = threading.Thread(
+                target=self._watch, name="pytest-loopguard-watchdog", daemon=True
+            )
+            self._thread.start()
+
+    def _watch(self) -> None:
+        with self._cond:
+            while not self._stopping:
+                if not self._watched:
+                    self._cond.wait()
+                    continue
+                self._cond.wait(self._interval())
+                if not self._stopping:
+                    self._poll()
+
+    def _interval(self) -> float:
+        # Look fast only while some callback has held its loop for half the threshold.
+        fast = any(
+            w.block is not None and w.last_poll - w.block.start >= self._threshold / 2
+            for w in self._watched.values()
+        )
+        if fast:
+            return min(max(self._threshold / 20, 0.001), 0.005)
+        return min(max(self._threshold / 8, 0.001), 0.01)
+
+    def _poll(self) -> None:
+        frames = sys._current_frames()
+        now = _clock()
+        for watched in self._watched.values():
+            top = frames.get(watched.ident)
+            run_frame = _find_run_frame(top)
+            block = watched.block
+            if block is not None and block.run_frame is not run_frame:
+                self._close(watched, (block.last_seen + now) / 2)
+                block = None
+            if run_frame is not None:
+                if block is None:
+                    block = watched.block = self._open(watched, run_frame, now)
+                self._observe(watched, block, top, now)
+            watched.last_poll = now
+        del frames
+
+    def _open(self, watched: _Watched, run_frame: FrameType, now: float) -> _Block:
+        cpu = _read(watched.cpu_clock)
+        start = (watched.last_poll + now) / 2
+        return _Block(run_frame, start, now, cpu, cpu, self._phase, self._fixture)
+
+    def _observe(self, watched: _Watched, block: _Block, top: FrameType | None, now: float) -> None:
+        block.last_seen = now
+        block.cpu_last = _read(watched.cpu_clock)
+        if self._allow_depth.get(watched.ident, 0) > 0:
+            block.allowed = True
+        self._sample(block, top)
+
+    def _sample(self, block: _Block, top: FrameType | None) -> None:
+        stack = current_stack(top, _RUN_CODE)
+        user = next((i for i, (f, _) in enumerate(stack) if self._filter.is_user(f)), None)
+        index = user if user is not None else 0
+        if not stack:
+            return
+        frame, lineno = stack[index]
+        key = (frame.f_code, lineno)
+        block.counts[key] += 1
+        if key not in block.examples:
+            block.examples[key] = self._resolve(stack, user)
+
+    def _resolve(self, stack: list[tuple[FrameType, int]], user: int | None) -> _Sample:
+        # The user's frames make the trace; the modules the innermost of them called pick the hint.
+        if user is None:
+            frame, lineno = stack[0]
+            return describe(frame, lineno), (), ()
+        callees = tuple(str(f.f_globals.get("__name__", "")) for f, _ in reversed(stack[:user]))
+        users = [describe(f, n) for f, n in stack[user:] if self._filter.is_user(f)]
+        return users[0], tuple(reversed(users)), callees
+
+    def _close(self, watched: _Watched, end: float) -> None:
+        block, watched.block = watched.block, None
+        if block is None or end - block.start < self._threshold or not block.counts:
+            return
+        self._events.append(self._event(watched, block, end))
+
+    def _event(self, watched: _Watched, block: _Block, end: float) -> BlockEvent:
+        duration = end - block.start
+        ((key, _),) = block.counts.most_common(1)
+        frame, stack, callees = block.examples[key]
+        cpu_time = _cpu_time(block, duration)
+        ratio = None if cpu_time is None else cpu_time / duration
+        hint = _hints.classify(frame.line if frame else "", callees, ratio)
+        return BlockEvent(
+            duration=duration,
+            threshold=self._threshold,
+            cpu_time=cpu_time,
+            frame=frame,
+            stack=stack,
+            hint=hint,
+            allowed=block.allowed,
+            phase=block.phase,
+            fixture=block.fixture,
+            thread=watched.name,
+            samples=sum(block.counts.values()),
+        )
+
+
+def _cpu_time(block: _Block, duration: float) -> float | None:
+    """CPU time over the whole block, scaled from the part of it that the watchdog observed."""
+    if block.cpu_first is None or block.cpu_last is None:
+        return None
+    observed = block.last_seen - block.start
+    used = max(block.cpu_last - block.cpu_first, 0.0)
+    if observed <= 0:
+        return used
+    return min(used * duration / observed, duration)
+
+
+def _find_run_frame(top: FrameType | None) -> FrameType | None:
+    frame = top
+    while frame is not None:
+        if frame.f_code is _RUN_CODE:
+            return frame
+        frame = frame.f_back
+    return None
+
+
+def _replace(event: BlockEvent, **changes: Any) -> BlockEvent:
+    from dataclasses import replace
+
+    return replace(event, **changes)
+
+
+class _Registry:
+    """The process-wide patch of ``run_forever``, installed while at least one guard is active."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._guards: tuple[LoopGuard, ...] = ()
+        self._original: Callable[[asyncio.BaseEventLoop], None] | None = None
+
+    def add(self, guard: LoopGuard) -> None:
+        with self._lock:
+            if not self._guards:
+                self._install()
+            self._guards = (*self._guards, guard)
+
+    def remove(self, guard: LoopGuard) -> None:
+        with self._lock:
+            self._guards = tuple(g for g in self._guards if g is not guard)
+            if not self._guards:
+                self._uninstall()
+
+    @property
+    def installed(self) -> bool:
+        return self._original is not None
+
+    def _install(self) -> None:
+        original = asyncio.BaseEventLoop.run_forever
+        registry = self
+
+        def run_forever(loop: asyncio.BaseEventLoop) -> None:
+            guards = registry._guards
+            for guard in guards:
+                guard._loop_started(loop)
+            try:
+                original(loop)
+            finally:
+                for guard in guards:
+                    guard._loop_stopped(loop)
+
+        run_forever.__wrapped__ = original  # type: ignore[attr-defined]
+        self._original = original
+        asyncio.BaseEventLoop.run_forever = run_forever  # type: ignore[method-assign,assignment]
+
+    def _uninstall(self) -> None:
+        if self._original is not None:
+            asyncio.BaseEventLoop.run_forever = self._original  # type: ignore[method-assign,assignment]
+            self._original = None
+
+
+_REGISTRY = _Registry()
+
+
+def is_patched() -> bool:
+    """Whether the engine's ``run_forever`` patch is in place (for leak checks)."""
+    return _REGISTRY.installed

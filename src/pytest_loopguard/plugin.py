@@ -1,0 +1,242 @@
+"""The pytest side: options, markers, the ``loopguard`` fixture, and verdicts after each phase."""
+
+from __future__ import annotations
+
+from collections.abc import Generator, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Protocol
+
+import pytest
+
+from . import _settings
+from ._monitor import BlockEvent, LoopGuard
+from ._report import LoopBlockedError, headline, render, worst_first
+from ._settings import SETTINGS_KEY, Settings
+
+_GUARD = pytest.StashKey[LoopGuard]()
+_ITEM_SETTINGS = pytest.StashKey[Settings]()
+_TEARDOWN_MARK = pytest.StashKey[int]()
+_CURRENT = pytest.StashKey[pytest.Item]()
+_SECTION = "event loop blocked (pytest-loopguard)"
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    """Declare each setting once on the command line and once in the ini, with one help text."""
+    group = parser.getgroup("loopguard", "pytest-loopguard: event loop blocking")
+    group.addoption(
+        "--loop-block-threshold",
+        dest="loop_block_threshold",
+        default=None,
+        metavar="SECONDS",
+        help=_settings.THRESHOLD_HELP,
+    )
+    group.addoption(
+        "--loop-debug",
+        dest="loop_debug",
+        action="store_true",
+        default=None,
+        help=_settings.DEBUG_HELP,
+    )
+    parser.addini("loop_block_threshold", _settings.THRESHOLD_HELP, default="")
+    parser.addini("loop_debug", _settings.DEBUG_HELP, default="false")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Register the markers and resolve the settings once, failing fast on bad values."""
+    config.addinivalue_line("markers", _settings.THRESHOLD_MARKER)
+    config.addinivalue_line("markers", _settings.ALLOW_MARKER)
+    config.stash[SETTINGS_KEY] = _settings.resolve(config)
+
+
+def pytest_report_header(config: pytest.Config) -> str:
+    """Say in one line what the plugin will do, so a CI log shows it."""
+    settings = config.stash[SETTINGS_KEY]
+    debug = "on" if settings.debug else "off"
+    return (
+        f"loopguard: threshold={settings.threshold:g}s ({settings.threshold_source}), "
+        f"loop-debug={debug}"
+    )
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Validate every test's markers before anything runs, so a typo is a usage error."""
+    settings = config.stash[SETTINGS_KEY]
+    for item in items:
+        item.stash[_ITEM_SETTINGS] = _settings.for_item(item, settings)
+
+
+def _item_settings(item: pytest.Item) -> Settings:
+    if _ITEM_SETTINGS not in item.stash:
+        item.stash[_ITEM_SETTINGS] = _settings.for_item(item, item.config.stash[SETTINGS_KEY])
+    return item.stash[_ITEM_SETTINGS]
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_protocol(item: pytest.Item) -> Generator[None, object, object]:
+    """Watch the loops of one test, from its first fixture to its last teardown."""
+    settings = _item_settings(item)
+    guard = LoopGuard(settings.threshold, debug=settings.debug)
+    item.stash[_GUARD] = guard
+    item.config.stash[_CURRENT] = item
+    with guard:
+        try:
+            return (yield)
+        finally:
+            del item.config.stash[_CURRENT]
+            del item.stash[_GUARD]
+
+
+def _guard(item: pytest.Item) -> LoopGuard | None:
+    return item.stash.get(_GUARD, None)
+
+
+def _phase_events(item: pytest.Item, phase: str) -> list[BlockEvent]:
+    guard = _guard(item)
+    return [] if guard is None else [e for e in guard.events if e.phase == phase]
+
+
+def _failing(item: pytest.Item, events: list[BlockEvent]) -> list[BlockEvent]:
+    if _item_settings(item).allow_blocking:
+        return []
+    return [e for e in events if not e.allowed]
+
+
+def _run_phase(item: pytest.Item, phase: str) -> Generator[None, object, object]:
+    # Record during the phase, fail after it: raising inside user code could be swallowed.
+    guard = _guard(item)
+    if guard is not None:
+        guard.set_context(phase)
+    result = yield
+    failing = _failing(item, _phase_events(item, phase))
+    if failing:
+        raise LoopBlockedError(render(failing, item.config.rootpath), worst_first(failing))
+    return result
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_setup(item: pytest.Item) -> Generator[None, object, object]:
+    """Fail the setup (an error naming the fixture) when a fixture blocked the loop."""
+    return (yield from _run_phase(item, "setup"))
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_call(item: pytest.Item) -> Generator[None, object, object]:
+    """Fail the test when its body blocked the loop."""
+    return (yield from _run_phase(item, "call"))
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_teardown(item: pytest.Item) -> Generator[None, object, object]:
+    """Fail the teardown (an error naming the fixture) when a finalizer blocked the loop."""
+    guard = _guard(item)
+    item.stash[_TEARDOWN_MARK] = len(guard.events) if guard else 0
+    return (yield from _run_phase(item, "teardown"))
+
+
+def _current_guard(config: pytest.Config) -> tuple[pytest.Item, LoopGuard] | None:
+    item = config.stash.get(_CURRENT, None)
+    guard = None if item is None else _guard(item)
+    return None if item is None or guard is None else (item, guard)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_fixture_setup(
+    fixturedef: pytest.FixtureDef[object], request: pytest.FixtureRequest
+) -> Generator[None, object, object]:
+    """Name the fixture whose setup is running, so a block in it is reported against it."""
+    current = _current_guard(request.config)
+    if current is None:
+        return (yield)
+    _, guard = current
+    phase, fixture = guard.context
+    guard.set_context(phase or "setup", fixturedef.argname)
+    try:
+        return (yield)
+    finally:
+        guard.set_context(phase, fixture)
+
+
+def pytest_fixture_post_finalizer(
+    fixturedef: pytest.FixtureDef[object], request: pytest.FixtureRequest
+) -> None:
+    """Name the fixture whose finalizers just ran for the teardown blocks they caused."""
+    current = _current_guard(request.config)
+    if current is None:
+        return
+    item, guard = current
+    since = item.stash.get(_TEARDOWN_MARK, None)
+    if since is not None:
+        guard.name_fixture(since, fixturedef.argname)
+        item.stash[_TEARDOWN_MARK] = len(guard.events)
+
+
+class _Writer(Protocol):
+    def line(self, s: str = "", **markup: bool) -> None: ...
+
+
+@dataclass(frozen=True)
+class _CrashLine:
+    message: str
+
+
+class _BlockRepr:
+    """A report body that is exactly our message: no plugin or pluggy frames in it."""
+
+    def __init__(self, text: str, summary: str) -> None:
+        self.text = text
+        self.reprcrash = _CrashLine(summary)
+
+    def toterminal(self, tw: _Writer) -> None:
+        for line in self.text.splitlines():
+            tw.line(line, red=line.startswith("LoopBlockedError"), bold=True)
+
+    def __str__(self) -> str:
+        return self.text
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(
+    item: pytest.Item, call: pytest.CallInfo[None]
+) -> Generator[None, pytest.TestReport, pytest.TestReport]:
+    """Show our message as the failure, or next to the test's own failure — never instead of it."""
+    report = yield
+    error = call.excinfo.value if call.excinfo is not None else None
+    if isinstance(error, LoopBlockedError):
+        summary = headline(error.events[0], item.config.rootpath)
+        report.longrepr = _BlockRepr(str(error), f"LoopBlockedError: {summary}")  # type: ignore[assignment]
+        return report
+    failing = _failing(item, _phase_events(item, call.when))
+    if failing and report.failed:
+        report.sections.append((_SECTION, render(failing, item.config.rootpath)))
+    return report
+
+
+class LoopguardFixture:
+    """What the ``loopguard`` fixture gives a test: its threshold, its blocks, an allow block."""
+
+    def __init__(self, guard: LoopGuard) -> None:
+        self._guard = guard
+
+    @property
+    def threshold(self) -> float:
+        return self._guard.threshold
+
+    @property
+    def events(self) -> list[BlockEvent]:
+        return self._guard.events
+
+    @contextmanager
+    def allow(self) -> Iterator[None]:
+        """Blocks inside this ``with`` block are recorded but do not fail the test."""
+        with self._guard.allow():
+            yield
+
+
+@pytest.fixture(name="loopguard")
+def loopguard_fixture(request: pytest.FixtureRequest) -> LoopguardFixture:
+    """The running test's loop guard: ``.threshold``, ``.events``, ``with loopguard.allow():``."""
+    guard = _guard(request.node) if isinstance(request.node, pytest.Item) else None
+    if guard is None:
+        raise RuntimeError("the loopguard fixture is only available inside a running test")
+    return LoopguardFixture(guard)

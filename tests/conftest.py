@@ -1,0 +1,60 @@
+"""Shared helpers: run pytest for real, with exactly the plugins each test names."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+
+from pytest_loopguard import _monitor
+
+pytest_plugins = ["pytester"]
+
+ASYNCIO = ("-p", "pytest_loopguard", "-p", "asyncio")
+INI = """
+[pytest]
+asyncio_mode = {mode}
+asyncio_default_fixture_loop_scope = function
+filterwarnings = ignore::pytest.PytestAssertRewriteWarning
+{extra}
+"""
+
+
+@pytest.fixture(autouse=True)
+def _pinned_plugins(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Inner sessions load only the plugins a test passes with -p, never whatever is installed."""
+    monkeypatch.setenv("PYTEST_DISABLE_PLUGIN_AUTOLOAD", "1")
+    monkeypatch.setenv("COLUMNS", "200")
+
+
+@pytest.fixture(autouse=True)
+def _no_leaks() -> object:
+    """Every test leaves no patch and no watchdog thread of ours behind."""
+    yield
+    assert not _monitor.is_patched(), "run_forever is still patched"
+    names = [t.name for t in threading.enumerate()]
+    assert "pytest-loopguard-watchdog" not in names, names
+
+
+def write_ini(pytester: pytest.Pytester, mode: str = "strict", extra: str = "") -> None:
+    pytester.makefile(".ini", pytest=INI.format(mode=mode, extra=extra))
+
+
+def run(pytester: pytest.Pytester, *args: str, mode: str = "auto", extra: str = "") -> pytest.RunResult:
+    """Run the files made so far under pytest-asyncio (auto mode unless told) and the plugin."""
+    if not (pytester.path / "pytest.ini").exists():
+        write_ini(pytester, mode, extra)
+    return pytester.runpytest(*ASYNCIO, *args)
+
+
+def assert_blocked(
+    result: pytest.RunResult, where: str, line: str, fix: str, *, threshold: str = "0.10"
+) -> None:
+    """The failure signature a user reads: verdict with file:line, the source line, the fix."""
+    result.stdout.fnmatch_lines(
+        [
+            f"LoopBlockedError: event loop blocked for * s (threshold {threshold} s) at {where}*",
+            f"    {line}",
+            f"fix: {fix}",
+        ]
+    )

@@ -1,0 +1,353 @@
+"""Each kind of real blocking, in each place a test's code runs on the loop, fails the test."""
+
+from __future__ import annotations
+
+import sys
+
+import pytest
+from conftest import assert_blocked, run
+from helpers_src import SLOW_SERVER
+
+SLEEP_FIX = "time.sleep blocks every request — use `await asyncio.sleep(...)`"
+HTTP_FIX = "sync HTTP (requests/urllib/http.client) blocks every request — use `await httpx*"
+
+KINDS = {
+    "sleep": ("time.sleep(0.3)", "time.sleep(0.3)", SLEEP_FIX),
+    "urllib": (
+        "urllib.request.urlopen(slow_url).read()",
+        "urllib.request.urlopen(slow_url).read()",
+        HTTP_FIX,
+    ),
+    "http_client": (
+        "conn = http.client.HTTPConnection(slow_url[7:-1]); conn.request('GET', '/'); "
+        "conn.getresponse().read()",
+        "conn = http.client.HTTPConnection*",
+        HTTP_FIX,
+    ),
+    "requests": ("requests.get(slow_url, timeout=5)", "requests.get(slow_url, timeout=5)", HTTP_FIX),
+    "sqlalchemy": (
+        "sync_engine(slow_url).connect().execute(sqlalchemy.text('select pg_sleep(0.3)'))",
+        "sync_engine(slow_url).connect()*",
+        "a sync SQLAlchemy engine/session blocks the loop on every query — use `AsyncSession`*",
+    ),
+    "file": (
+        "open(slow_fifo()).read()",
+        "open(slow_fifo()).read()",
+        "file I/O blocks the loop — use `await asyncio.to_thread(path.read_text)` or aiofiles",
+    ),
+    "cpu": ("busy(0.3)", "while time.perf_counter() < end:*", "CPU-bound work holds the loop — *"),
+    "subprocess": (
+        "subprocess.run([sys.executable, '-c', 'import time; time.sleep(0.3)'], check=True)",
+        "subprocess.run(*",
+        "subprocess waits for the child on the loop thread — use `await asyncio.create_subp*",
+    ),
+    "socket": (
+        "a, b = socket.socketpair(); later(0.3, b.send, b'x'); a.recv(1)",
+        "a, b = socket.socketpair(); later(0.3, b.send, b'x'); a.recv(1)",
+        "a blocking socket call holds the loop — use asyncio streams*",
+    ),
+    "lock": (
+        "lock = threading.Lock(); lock.acquire(); later(0.3, lock.release); lock.acquire()",
+        "lock = threading.Lock(); *",
+        "a threading lock/event/queue wait holds the loop — use `asyncio.Lock`*",
+    ),
+    "future": (
+        "pool = ThreadPoolExecutor(1); pool.submit(time.sleep, 0.3).result(); pool.shutdown()",
+        "pool = ThreadPoolExecutor(1); *",
+        "`concurrent.futures.Future.result()` waits on the loop thread — use `await asyncio.wrap*",
+    ),
+    "many_short": (
+        "for _ in range(40): time.sleep(0.01)",
+        "for _ in range(40): time.sleep(0.01)",
+        SLEEP_FIX,
+    ),
+}
+
+PRELUDE = '''
+import http.client, os, socket, subprocess, sys, tempfile, threading, time, urllib.request
+from concurrent.futures import ThreadPoolExecutor
+
+import requests
+import sqlalchemy
+
+
+def later(delay, func, *args):
+    threading.Timer(delay, func, args).start()
+
+
+def busy(seconds):
+    end = time.perf_counter() + seconds
+    while time.perf_counter() < end:
+        pass
+
+
+def slow_fifo():
+    path = os.path.join(tempfile.mkdtemp(), "fifo")
+    os.mkfifo(path)
+
+    def writer():
+        time.sleep(0.3)
+        with open(path, "w") as f:
+            f.write("data")
+    threading.Thread(target=writer).start()
+    return path
+
+
+def sync_engine(_url):
+    engine = sqlalchemy.create_engine("sqlite://")
+
+    @sqlalchemy.event.listens_for(engine, "connect")
+    def _connect(dbapi_connection, _record):
+        # Like PostgreSQL's pg_sleep: the wait happens inside the database driver, in C.
+        dbapi_connection.create_function("pg_sleep", 1, time.sleep)
+    return engine
+'''
+
+
+@pytest.mark.parametrize("kind", sorted(KINDS))
+def test_blocking_kind_fails_at_its_line_with_its_fix(pytester: pytest.Pytester, kind: str) -> None:
+    if kind == "file" and sys.platform == "win32":
+        pytest.skip("named pipes via os.mkfifo are POSIX only")
+    code, line, fix = KINDS[kind]
+    pytester.makeconftest(SLOW_SERVER)
+    pytester.makepyfile(test_kind=PRELUDE + f"\n\nasync def test_kind(slow_url):\n    {code}\n")
+    result = run(pytester)
+    result.assert_outcomes(failed=1)
+    assert_blocked(result, "test_kind.py:*", line, fix)
+
+
+def test_test_body_block_names_line_and_duration(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(
+        """
+        import asyncio, time
+
+        async def test_users():
+            await asyncio.sleep(0)
+            time.sleep(0.3)
+        """
+    )
+    result = run(pytester)
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines(
+        [
+            "LoopBlockedError: event loop blocked for 0.3* s (threshold 0.10 s) at "
+            "test_test_body_block_names_line_and_duration.py:5 in test_users",
+            "    time.sleep(0.3)",
+            f"fix: {SLEEP_FIX}",
+            "wall 0.3* s, CPU 0.0* s: waiting (not on the CPU)",
+            "stack while blocked (most recent call last):",
+            "  test_test_body_block_names_line_and_duration.py:5 in test_users",
+            "FAILED *::test_users - LoopBlockedError: event loop blocked for 0.3* s *",
+        ]
+    )
+    result.stdout.no_fnmatch_line("*pluggy/*")
+    result.stdout.no_fnmatch_line("*pytest_loopguard*")
+
+
+def test_cpu_bound_block_is_reported_as_cpu_bound(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(PRELUDE + "\n\nasync def test_cpu():\n    busy(0.3)\n")
+    result = run(pytester)
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines(["wall 0.* s, CPU 0.* s: CPU-bound"])
+
+
+def test_async_fixture_setup_and_teardown_are_errors_naming_the_fixture(
+    pytester: pytest.Pytester,
+) -> None:
+    pytester.makepyfile(
+        """
+        import time, pytest
+
+        @pytest.fixture
+        async def database():
+            time.sleep(0.2)
+            yield "db"
+            time.sleep(0.25)
+
+        async def test_uses_db(database):
+            assert database == "db"
+        """
+    )
+    result = run(pytester)
+    result.assert_outcomes(errors=2)
+    result.stdout.fnmatch_lines(
+        [
+            "*ERROR at setup of test_uses_db*",
+            "LoopBlockedError: event loop blocked for 0.2* s (threshold 0.10 s) at "
+            "*.py:5 in database (during setup of fixture 'database')",
+            "*ERROR at teardown of test_uses_db*",
+            "LoopBlockedError: event loop blocked for 0.2* s (threshold 0.10 s) at "
+            "*.py:7 in database (during teardown of fixture 'database')",
+        ]
+    )
+
+
+def test_module_scoped_fixture_block_is_reported_on_the_first_test(
+    pytester: pytest.Pytester,
+) -> None:
+    pytester.makepyfile(
+        """
+        import time, pytest, pytest_asyncio
+
+        @pytest_asyncio.fixture(scope="module", loop_scope="module")
+        async def shared():
+            time.sleep(0.2)
+            return 1
+
+        @pytest.mark.asyncio(loop_scope="module")
+        async def test_one(shared):
+            pass
+
+        @pytest.mark.asyncio(loop_scope="module")
+        async def test_two(shared):
+            pass
+        """
+    )
+    result = run(pytester)
+    result.assert_outcomes(passed=1, errors=1)
+    result.stdout.fnmatch_lines(["*(during setup of fixture 'shared')"])
+
+
+@pytest.mark.parametrize(
+    ("body", "line"),
+    [
+        (
+            "await asyncio.create_task(blocker())",
+            "time.sleep(0.3)",
+        ),
+        (
+            "await asyncio.gather(blocker(), asyncio.sleep(0.1))",
+            "time.sleep(0.3)",
+        ),
+        (
+            "loop = asyncio.get_running_loop(); loop.call_soon(sync_blocker); "
+            "await asyncio.sleep(0.4)",
+            "time.sleep(0.3)",
+        ),
+        (
+            "loop = asyncio.get_running_loop(); loop.call_later(0.01, sync_blocker); "
+            "await asyncio.sleep(0.4)",
+            "time.sleep(0.3)",
+        ),
+    ],
+    ids=["create_task", "gather", "call_soon", "call_later"],
+)
+def test_blocks_in_tasks_and_callbacks(pytester: pytest.Pytester, body: str, line: str) -> None:
+    pytester.makepyfile(
+        f"""
+        import asyncio, time
+
+        async def blocker():
+            time.sleep(0.3)
+
+        def sync_blocker():
+            time.sleep(0.3)
+
+        async def test_spawns():
+            {body}
+        """
+    )
+    result = run(pytester)
+    result.assert_outcomes(failed=1)
+    assert_blocked(result, "*.py:*", line, SLEEP_FIX)
+
+
+def test_fastapi_route_through_asgi_transport(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(
+        app="""
+        import time
+        from fastapi import FastAPI
+
+        app = FastAPI()
+
+        @app.get("/users")
+        async def list_users():
+            time.sleep(0.3)
+            return [{"name": "ada"}]
+
+        @app.get("/fast")
+        async def fast():
+            return {"ok": True}
+        """,
+        test_api="""
+        import httpx
+        from app import app
+
+        async def client():
+            return httpx.AsyncClient(transport=httpx.ASGITransport(app), base_url="http://t")
+
+        async def test_users():
+            async with await client() as c:
+                assert (await c.get("/users")).status_code == 200
+
+        async def test_fast():
+            async with await client() as c:
+                assert (await c.get("/fast")).json() == {"ok": True}
+        """,
+    )
+    pytester.syspathinsert()
+    result = run(pytester)
+    result.assert_outcomes(failed=1, passed=1)
+    assert_blocked(result, "app.py:8 in list_users", "time.sleep(0.3)", SLEEP_FIX)
+    result.stdout.fnmatch_lines(["  test_api.py:9 in test_users", "  app.py:8 in list_users"])
+
+
+def test_several_blocks_are_all_listed_worst_first(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(
+        """
+        import asyncio, time
+
+        async def test_two_blocks():
+            time.sleep(0.15)
+            await asyncio.sleep(0)
+            time.sleep(0.35)
+        """
+    )
+    result = run(pytester)
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines(
+        [
+            "LoopBlockedError: event loop blocked for 0.3* s * at *.py:6 in test_two_blocks",
+            "1 more block(s) of the event loop in this phase:",
+            "event loop blocked for 0.1* s * at *.py:4 in test_two_blocks",
+        ]
+    )
+
+
+def test_own_failure_is_kept_and_block_reported_beside_it(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(
+        """
+        import time
+
+        async def test_both():
+            time.sleep(0.2)
+            assert 1 == 2
+        """
+    )
+    result = run(pytester)
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines(
+        [
+            "E       assert 1 == 2",
+            "*- event loop blocked (pytest-loopguard) -*",
+            "LoopBlockedError: event loop blocked for 0.2* s * at *.py:4 in test_both",
+            "FAILED *::test_both - assert 1 == 2",
+        ]
+    )
+
+
+def test_asyncio_run_in_a_sync_test_is_watched(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(
+        """
+        import asyncio, time
+
+        async def main():
+            time.sleep(0.3)
+
+        def test_sync_runs_a_loop():
+            asyncio.run(main())
+        """
+    )
+    result = run(pytester)
+    result.assert_outcomes(failed=1)
+    assert_blocked(result, "*.py:4 in main", "time.sleep(0.3)", SLEEP_FIX)
