@@ -40,10 +40,18 @@ def write_ini(pytester: pytest.Pytester, mode: str = "strict", extra: str = "") 
     pytester.makefile(".ini", pytest=INI.format(mode=mode, extra=extra))
 
 
-def run(pytester: pytest.Pytester, *args: str, mode: str = "auto", extra: str = "") -> pytest.RunResult:
+def run(
+    pytester: pytest.Pytester,
+    *args: str,
+    mode: str = "auto",
+    extra: str = "",
+    subprocess: bool = False,
+) -> pytest.RunResult:
     """Run the files made so far under pytest-asyncio (auto mode unless told) and the plugin."""
     if not (pytester.path / "pytest.ini").exists():
         write_ini(pytester, mode, extra)
+    if subprocess:
+        return pytester.runpytest_subprocess(*ASYNCIO, *args)
     return pytester.runpytest(*ASYNCIO, *args)
 
 

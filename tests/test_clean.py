@@ -1,0 +1,83 @@
+"""What must never fail a test: awaiting, work moved off the loop, other threads, sync tests."""
+
+from __future__ import annotations
+
+import pytest
+from conftest import run
+from helpers_src import SLOW_SERVER
+
+CLEAN = {
+    "asyncio_sleep": "await asyncio.sleep(0.3)",
+    "to_thread": "await asyncio.to_thread(time.sleep, 0.3)",
+    "thread_executor": "await asyncio.get_running_loop().run_in_executor(None, time.sleep, 0.3)",
+    "process_executor": (
+        "with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context('spawn')) as pool:\n"
+        "        await asyncio.get_running_loop().run_in_executor(pool, time.sleep, 0.3)"
+    ),
+    "other_thread_blocks": (
+        "t = threading.Thread(target=time.sleep, args=(0.3,)); t.start()\n"
+        "    await asyncio.sleep(0.4); t.join()"
+    ),
+    "other_thread_cpu": (
+        "t = threading.Thread(target=busy, args=(0.3,)); t.start()\n"
+        "    await asyncio.sleep(0.4); t.join()"
+    ),
+    "many_short_callbacks": (
+        "for _ in range(30000):\n        await asyncio.sleep(0)"
+    ),
+    "many_short_sleeps": (
+        "for _ in range(20):\n        time.sleep(0.005)\n        await asyncio.sleep(0)"
+    ),
+    "under_threshold": "time.sleep(0.03)",
+    "httpx_async": (
+        "async with httpx.AsyncClient() as c:\n"
+        "        assert (await c.get(slow_url)).text == 'ok'"
+    ),
+    "aiosqlite": (
+        "async with aiosqlite.connect(':memory:') as db:\n"
+        "        await db.create_function('pg_sleep', 1, time.sleep)\n"
+        "        await (await db.execute('select pg_sleep(0.3)')).fetchall()"
+    ),
+    "gather_of_sleeps": "await asyncio.gather(*(asyncio.sleep(0.2) for _ in range(200)))",
+}
+
+PRELUDE = '''
+import asyncio, multiprocessing, threading, time
+from concurrent.futures import ProcessPoolExecutor
+
+import aiosqlite
+import httpx
+
+
+def busy(seconds):
+    end = time.perf_counter() + seconds
+    while time.perf_counter() < end:
+        pass
+'''
+
+
+@pytest.mark.parametrize("case", sorted(CLEAN))
+def test_clean_code_passes(pytester: pytest.Pytester, case: str) -> None:
+    pytester.makeconftest(SLOW_SERVER)
+    pytester.makepyfile(test_inner_clean=PRELUDE + f"\n\nasync def test_clean(slow_url):\n    {CLEAN[case]}\n")
+    # A process pool must unpickle its worker in a fresh interpreter: run pytest in one too.
+    result = run(pytester, subprocess=case == "process_executor")
+    result.assert_outcomes(passed=1)
+    result.stdout.no_fnmatch_line("*LoopBlockedError*")
+
+
+def test_sync_tests_are_not_watched(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(
+        """
+        import threading, time
+
+        def test_sync_sleeps():
+            time.sleep(0.3)
+
+        def test_no_watchdog_thread_in_sync_tests():
+            names = [t.name for t in threading.enumerate()]
+            assert "pytest-loopguard-watchdog" not in names
+        """
+    )
+    result = run(pytester)
+    result.assert_outcomes(passed=2)
