@@ -1,6 +1,6 @@
 """Source of helper modules that inner pytest sessions import (a slow local HTTP server...)."""
 
-SLOW_SERVER = '''
+SLOW_SERVER = """
 import contextlib
 import http.server
 import threading
@@ -30,4 +30,4 @@ def slow_url():
     server.shutdown()
     server.server_close()
     thread.join()
-'''
+"""

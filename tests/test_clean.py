@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+
 from conftest import run
 from helpers_src import SLOW_SERVER
 
@@ -22,16 +23,13 @@ CLEAN = {
         "t = threading.Thread(target=busy, args=(0.3,)); t.start()\n"
         "    await asyncio.sleep(0.4); t.join()"
     ),
-    "many_short_callbacks": (
-        "for _ in range(30000):\n        await asyncio.sleep(0)"
-    ),
+    "many_short_callbacks": ("for _ in range(30000):\n        await asyncio.sleep(0)"),
     "many_short_sleeps": (
         "for _ in range(20):\n        time.sleep(0.005)\n        await asyncio.sleep(0)"
     ),
     "under_threshold": "time.sleep(0.03)",
     "httpx_async": (
-        "async with httpx.AsyncClient() as c:\n"
-        "        assert (await c.get(slow_url)).text == 'ok'"
+        "async with httpx.AsyncClient() as c:\n        assert (await c.get(slow_url)).text == 'ok'"
     ),
     "aiosqlite": (
         "async with aiosqlite.connect(':memory:') as db:\n"
@@ -41,7 +39,7 @@ CLEAN = {
     "gather_of_sleeps": "await asyncio.gather(*(asyncio.sleep(0.2) for _ in range(200)))",
 }
 
-PRELUDE = '''
+PRELUDE = """
 import asyncio, multiprocessing, threading, time
 from concurrent.futures import ProcessPoolExecutor
 
@@ -53,13 +51,15 @@ def busy(seconds):
     end = time.perf_counter() + seconds
     while time.perf_counter() < end:
         pass
-'''
+"""
 
 
 @pytest.mark.parametrize("case", sorted(CLEAN))
 def test_clean_code_passes(pytester: pytest.Pytester, case: str) -> None:
     pytester.makeconftest(SLOW_SERVER)
-    pytester.makepyfile(test_inner_clean=PRELUDE + f"\n\nasync def test_clean(slow_url):\n    {CLEAN[case]}\n")
+    pytester.makepyfile(
+        test_inner_clean=PRELUDE + f"\n\nasync def test_clean(slow_url):\n    {CLEAN[case]}\n"
+    )
     # A process pool must unpickle its worker in a fresh interpreter: run pytest in one too.
     result = run(pytester, subprocess=case == "process_executor")
     result.assert_outcomes(passed=1)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import sys
 
 import pytest
+
 from conftest import assert_blocked, run
 from helpers_src import SLOW_SERVER
 
@@ -24,7 +25,11 @@ KINDS = {
         "conn = http.client.HTTPConnection*",
         HTTP_FIX,
     ),
-    "requests": ("requests.get(slow_url, timeout=5)", "requests.get(slow_url, timeout=5)", HTTP_FIX),
+    "requests": (
+        "requests.get(slow_url, timeout=5)",
+        "requests.get(slow_url, timeout=5)",
+        HTTP_FIX,
+    ),
     "sqlalchemy": (
         "sync_engine(slow_url).connect().execute(sqlalchemy.text('select pg_sleep(0.3)'))",
         "sync_engine(slow_url).connect()*",
@@ -63,7 +68,7 @@ KINDS = {
     ),
 }
 
-PRELUDE = '''
+PRELUDE = """
 import http.client, os, socket, subprocess, sys, tempfile, threading, time, urllib.request
 from concurrent.futures import ThreadPoolExecutor
 
@@ -101,7 +106,7 @@ def sync_engine(_url):
         # Like PostgreSQL's pg_sleep: the wait happens inside the database driver, in C.
         dbapi_connection.create_function("pg_sleep", 1, time.sleep)
     return engine
-'''
+"""
 
 
 @pytest.mark.parametrize("kind", sorted(KINDS))

@@ -1,8 +1,9 @@
-"""Every way tests drive a loop is watched: pytest-asyncio modes and loop scopes, anyio, asyncio.run."""
+"""Every way tests drive a loop is watched: pytest-asyncio modes, loop scopes, anyio, by hand."""
 
 from __future__ import annotations
 
 import pytest
+
 from conftest import ASYNCIO, assert_blocked, run, write_ini
 
 SLEEP_FIX = "time.sleep blocks every request — use `await asyncio.sleep(...)`"

@@ -1,17 +1,21 @@
 """The engine: finds callbacks that hold an asyncio loop too long, and where they were stuck.
 
 Nothing runs per callback. While a guard is active, ``BaseEventLoop.run_forever`` is wrapped so
-the guard learns which threads run loops; a watchdog thread then looks at those threads' stacks a
-hundred times a second. The ``Handle._run`` frame on a loop thread's stack *is* the running
-callback: seeing the same frame object on consecutive looks means the same callback still holds
-the loop. Once it has held it for half the threshold, the watchdog looks faster and counts the
-user-code lines it finds, so the report names the line the loop was stuck on, not the line after.
+the guard learns which threads run loops; a watchdog thread looks at those threads' stacks every
+half threshold. The ``Handle._run`` frame on a loop thread's stack *is* the running callback:
+seeing the same frame object on two looks means the same callback still holds the loop. Once one
+has held it for half the threshold, the watchdog looks every few milliseconds and counts the
+user-code lines it finds, so the report names the line the loop was stuck on.
+
+Looks are rare on purpose: each one takes the GIL from a busy loop thread, and on a loaded
+machine that hand-off costs far more than the look itself (bench/ measures it).
 No pytest import here: the plugin and ``with LoopGuard(): asyncio.run(main())`` share this code.
 """
 
 from __future__ import annotations
 
 import asyncio
+import gc
 import math
 import sys
 import threading
@@ -28,7 +32,9 @@ from ._frames import FrameFilter, FrameInfo, current_stack, describe
 
 # Captured at import so that a test patching time.perf_counter cannot skew a verdict.
 _clock = time.perf_counter
+_monotonic = time.monotonic
 _RUN_CODE: CodeType = asyncio.events.Handle._run.__code__
+_RUN_ONCE_CODE: CodeType = asyncio.BaseEventLoop._run_once.__code__  # type: ignore[attr-defined]
 
 
 @dataclass(frozen=True)
@@ -90,6 +96,8 @@ class _Block:
     phase: str | None
     fixture: str | None
     allowed: bool = False
+    armed: bool = False
+    gc_at_start: float = 0.0
     counts: Counter[tuple[CodeType, int]] = field(default_factory=Counter)
     examples: dict[tuple[CodeType, int], _Sample] = field(default_factory=dict)
 
@@ -102,6 +110,8 @@ class _Watched:
     name: str
     cpu_clock: Callable[[], float] | None
     last_poll: float
+    cpu_at_poll: float | None = None
+    gc_at_poll: float = 0.0
     depth: int = 1
     block: _Block | None = None
     loop_debug: list[tuple[asyncio.AbstractEventLoop, bool, float]] = field(default_factory=list)
@@ -131,6 +141,8 @@ class LoopGuard:
         self._thread: threading.Thread | None = None
         self._active = False
         self._stopping = False
+        self._gc_time = 0.0
+        self._gc_started: float | None = None
 
     @property
     def threshold(self) -> float:
@@ -179,6 +191,7 @@ class LoopGuard:
         if self._active:
             raise RuntimeError("this LoopGuard is already active")
         self._active, self._stopping = True, False
+        gc.callbacks.append(self._on_gc)
         _REGISTRY.add(self)
         running = asyncio._get_running_loop()
         if running is not None:
@@ -192,6 +205,7 @@ class LoopGuard:
         tb: TracebackType | None,
     ) -> None:
         _REGISTRY.remove(self)
+        gc.callbacks.remove(self._on_gc)
         with self._cond:
             self._stopping = True
             self._cond.notify_all()
@@ -200,10 +214,19 @@ class LoopGuard:
             thread.join()
         with self._cond:
             for watched in self._watched.values():
-                self._close(watched, _clock())
+                self._settle(watched, None, _clock())
                 self._restore_debug(watched)
             self._watched.clear()
         self._active = False
+
+    def _on_gc(self, phase: str, info: dict[str, int]) -> None:
+        # A garbage-collection pause stops the loop too, but no line of the test can fix it:
+        # its time is left out of every verdict. Runs with the GIL held, so needs no lock.
+        if phase == "start":
+            self._gc_started = _clock()
+        elif self._gc_started is not None:
+            self._gc_time += _clock() - self._gc_started
+            self._gc_started = None
 
     # -- called on the loop thread by the run_forever wrapper ----------------------------
 
@@ -215,14 +238,14 @@ class LoopGuard:
             watched = self._watched.get(ident)
             if watched is None:
                 name = threading.current_thread().name
-                watched = _Watched(ident, name, _cpu_clock(ident), _clock())
+                clock = _cpu_clock(ident)
+                watched = _Watched(ident, name, clock, _clock(), _read(clock))
                 self._watched[ident] = watched
             else:
                 watched.depth += 1
             if self._debug:
                 self._apply_debug(watched, loop)
             self._ensure_watchdog()
-            self._cond.notify_all()
 
     def _loop_stopped(self, loop: asyncio.AbstractEventLoop) -> None:
         ident = threading.get_ident()
@@ -231,7 +254,7 @@ class LoopGuard:
             if watched is None:
                 return
             watched.depth -= 1
-            self._close(watched, _clock())
+            self._settle(watched, None, _clock())
             if watched.depth == 0:
                 self._restore_debug(watched)
                 del self._watched[ident]
@@ -260,24 +283,19 @@ class LoopGuard:
             self._thread.start()
 
     def _watch(self) -> None:
+        # A timed wait even with no loop running: waking this thread on every loop start would
+        # cost a GIL hand-off each time, and pytest-asyncio starts loops several times a test.
         with self._cond:
             while not self._stopping:
-                if not self._watched:
-                    self._cond.wait()
-                    continue
                 self._cond.wait(self._interval())
-                if not self._stopping:
+                if not self._stopping and self._watched:
                     self._poll()
 
     def _interval(self) -> float:
         # Look fast only while some callback has held its loop for half the threshold.
-        fast = any(
-            w.block is not None and w.last_poll - w.block.start >= self._threshold / 2
-            for w in self._watched.values()
-        )
-        if fast:
+        if any(w.block is not None and w.block.armed for w in self._watched.values()):
             return min(max(self._threshold / 20, 0.001), 0.005)
-        return min(max(self._threshold / 8, 0.001), 0.01)
+        return min(max(self._threshold / 2, 0.001), 0.05)
 
     def _poll(self) -> None:
         frames = sys._current_frames()
@@ -285,24 +303,49 @@ class LoopGuard:
         for watched in self._watched.values():
             top = frames.get(watched.ident)
             run_frame = _find_run_frame(top)
-            block = watched.block
-            if block is not None and block.run_frame is not run_frame:
-                self._close(watched, (block.last_seen + now) / 2)
-                block = None
+            self._settle(watched, run_frame, now)
             if run_frame is not None:
-                if block is None:
-                    block = watched.block = self._open(watched, run_frame, now)
-                self._observe(watched, block, top, now)
-            watched.last_poll = now
+                if watched.block is None:
+                    watched.block = self._open(watched, run_frame, now)
+                self._observe(watched, watched.block, top, now)
+            watched.last_poll, watched.cpu_at_poll = now, _read(watched.cpu_clock)
+            watched.gc_at_poll = self._gc_time
         del frames
+
+    def _settle(self, watched: _Watched, run_frame: FrameType | None, now: float) -> None:
+        """Close the block that ``run_frame`` no longer is; catch a GIL held since the last look."""
+        held = self._held_gil(watched, now)
+        block = watched.block
+        if block is not None and block.run_frame is not run_frame:
+            self._close(watched, now, held)
+        elif block is None and held is not None and run_frame is None:
+            self._events.append(self._unseen_event(watched, held))
+
+    def _held_gil(self, watched: _Watched, now: float) -> float | None:
+        """How long the loop thread kept the GIL (and this watchdog) away, if that was too long.
+
+        Python code hands the GIL over within milliseconds when asked, so a look that comes a
+        threshold late while the loop thread kept its CPU busy the whole time means one C call
+        (a big ``sorted``, ``json.loads``, a regex) held the loop.
+        """
+        collecting = self._gc_time - watched.gc_at_poll
+        gap = now - watched.last_poll - collecting
+        late = gap - min(max(self._threshold / 2, 0.001), 0.05)
+        cpu = _read(watched.cpu_clock)
+        if cpu is None or watched.cpu_at_poll is None or late < self._threshold:
+            return None
+        return late if cpu - watched.cpu_at_poll - collecting >= 0.8 * gap else None
 
     def _open(self, watched: _Watched, run_frame: FrameType, now: float) -> _Block:
         cpu = _read(watched.cpu_clock)
-        start = (watched.last_poll + now) / 2
-        return _Block(run_frame, start, now, cpu, cpu, self._phase, self._fixture)
+        start = _start_estimate(run_frame, watched.last_poll, now)
+        block = _Block(run_frame, start, now, cpu, cpu, self._phase, self._fixture)
+        block.gc_at_start = watched.gc_at_poll
+        return block
 
     def _observe(self, watched: _Watched, block: _Block, top: FrameType | None, now: float) -> None:
         block.last_seen = now
+        block.armed = now - block.start >= self._threshold / 2
         block.cpu_last = _read(watched.cpu_clock)
         if self._allow_depth.get(watched.ident, 0) > 0:
             block.allowed = True
@@ -329,11 +372,37 @@ class LoopGuard:
         users = [describe(f, n) for f, n in stack[user:] if self._filter.is_user(f)]
         return users[0], tuple(reversed(users)), callees
 
-    def _close(self, watched: _Watched, end: float) -> None:
+    def _close(self, watched: _Watched, now: float, held: float | None = None) -> None:
+        """End the block of ``watched``: it was last seen running, and is gone at ``now``."""
         block, watched.block = watched.block, None
-        if block is None or end - block.start < self._threshold or not block.counts:
+        if block is None or not block.counts:
             return
-        self._events.append(self._event(watched, block, end))
+        if block.armed:
+            end = (block.last_seen + now) / 2
+        elif held is not None:
+            end = now
+        else:
+            # It ran under half the threshold when last seen, and the next look (half a
+            # threshold later at most) did not find it: it stayed under the threshold.
+            return
+        end -= self._gc_time - block.gc_at_start
+        if end - block.start >= self._threshold:
+            self._events.append(self._event(watched, block, end))
+
+    def _unseen_event(self, watched: _Watched, held: float) -> BlockEvent:
+        """A block that started and ended while C code kept the watchdog from looking."""
+        return BlockEvent(
+            duration=held,
+            threshold=self._threshold,
+            cpu_time=held,
+            frame=None,
+            stack=(),
+            hint=_hints.GIL,
+            allowed=self._allow_depth.get(watched.ident, 0) > 0,
+            phase=self._phase,
+            fixture=self._fixture,
+            thread=watched.name,
+        )
 
     def _event(self, watched: _Watched, block: _Block, end: float) -> BlockEvent:
         duration = end - block.start
@@ -366,6 +435,29 @@ def _cpu_time(block: _Block, duration: float) -> float | None:
     if observed <= 0:
         return used
     return min(used * duration / observed, duration)
+
+
+def _start_estimate(run_frame: FrameType, last_poll: float, now: float) -> float:
+    """When the callback first seen at ``now`` started: after ``last_poll``, which did not see it.
+
+    The stdlib loop notes in ``_run_once`` when its current batch of callbacks began; a callback
+    run in that batch cannot have started earlier, and usually started within microseconds.
+    """
+    batch = _batch_start(run_frame, now)
+    if batch is not None and last_poll <= batch <= now:
+        return batch
+    return (last_poll + now) / 2
+
+
+def _batch_start(run_frame: FrameType, now: float) -> float | None:
+    caller = run_frame.f_back
+    if caller is None or caller.f_code is not _RUN_ONCE_CODE:
+        return None
+    end_time = caller.f_locals.get("end_time")
+    if not isinstance(end_time, float):
+        return None
+    # end_time is on the loop's clock (time.monotonic); move it onto ours.
+    return end_time + (now - _monotonic())
 
 
 def _find_run_frame(top: FrameType | None) -> FrameType | None:

@@ -102,6 +102,11 @@ def _allow_marker(reason: Any = None) -> Any:
     return reason
 
 
+# Python names the function in a bad call's TypeError: make that the marker's name.
+_threshold_marker.__qualname__ = "loop_block_threshold"
+_allow_marker.__qualname__ = "allow_blocking"
+
+
 def _call_marker(item: pytest.Item, marker: pytest.Mark, func: Any, example: str) -> Any:
     # Calling a function with the marker's signature validates its arguments like Python would.
     try:

@@ -1,0 +1,145 @@
+"""The plugin never crashes a session, never leaks, and keeps its verdicts in hostile tests."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from conftest import run
+from pytest_loopguard import _monitor
+
+
+def test_hundreds_of_tests_leave_no_thread_or_patch(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(
+        """
+        import asyncio, threading, time, pytest
+
+        def assert_clean():
+            names = [t.name for t in threading.enumerate()]
+            assert "pytest-loopguard-watchdog" not in names
+
+        @pytest.mark.parametrize("i", range(150))
+        async def test_async(i, loopguard):
+            await asyncio.sleep(0)
+            if i % 50 == 0:
+                with loopguard.allow():
+                    time.sleep(0.15)
+
+        @pytest.mark.parametrize("i", range(150))
+        def test_sync_between(i):
+            assert_clean()
+        """
+    )
+    original = asyncio.BaseEventLoop.run_forever
+    result = run(pytester, "-p", "no:randomly")
+    result.assert_outcomes(passed=300)
+    assert asyncio.BaseEventLoop.run_forever is original
+    assert not _monitor.is_patched()
+
+
+def test_patched_clocks_and_sleep_do_not_change_verdicts(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(
+        """
+        import asyncio, time
+
+        REAL_SLEEP = time.sleep
+
+        async def test_frozen_clocks(monkeypatch):
+            monkeypatch.setattr(time, "monotonic", lambda: 0.0)
+            monkeypatch.setattr(time, "perf_counter", lambda: 0.0)
+            REAL_SLEEP(0.3)
+
+        async def test_fake_sleep(monkeypatch):
+            monkeypatch.setattr(time, "sleep", lambda s: None)
+            time.sleep(10)
+            await asyncio.sleep(0.01)
+        """
+    )
+    result = run(pytester)
+    result.assert_outcomes(failed=1, passed=1)
+    result.stdout.fnmatch_lines(
+        ["LoopBlockedError: event loop blocked for 0.3* s * in test_frozen_clocks"]
+    )
+
+
+def test_loop_closed_or_replaced_by_the_test(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(
+        """
+        import asyncio, time
+
+        def test_replaces_policy_loop():
+            loop = asyncio.new_event_loop()
+            asyncio.set_event_loop(loop)
+            loop.run_until_complete(asyncio.sleep(0.01))
+            loop.close()
+            asyncio.set_event_loop(None)
+
+        def test_loop_stopped_from_a_callback():
+            loop = asyncio.new_event_loop()
+            loop.call_soon(loop.stop)
+            loop.run_forever()
+            loop.close()
+
+        async def test_after_is_still_watched():
+            time.sleep(0.3)
+        """
+    )
+    result = run(pytester)
+    result.assert_outcomes(passed=2, failed=1)
+    result.stdout.fnmatch_lines(["*LoopBlockedError: * in test_after_is_still_watched"])
+
+
+def test_interrupted_session_tears_down_cleanly(pytester: pytest.Pytester) -> None:
+    pytester.makeconftest(
+        """
+        import threading
+        from pytest_loopguard import _monitor
+
+        def pytest_unconfigure(config):
+            names = [t.name for t in threading.enumerate()]
+            watchdog = "pytest-loopguard-watchdog" in names
+            print("LEFT: patched", _monitor.is_patched(), "watchdog", watchdog)
+        """
+    )
+    pytester.makepyfile(
+        """
+        import asyncio
+
+        async def test_interrupts():
+            await asyncio.sleep(0)
+            raise KeyboardInterrupt
+
+        async def test_never_runs():
+            pass
+        """
+    )
+    # A KeyboardInterrupt would reach this session too if the inner one ran in-process.
+    result = run(pytester, subprocess=True)
+    assert result.ret == pytest.ExitCode.INTERRUPTED
+    result.stdout.fnmatch_lines(["*KeyboardInterrupt*", "LEFT: patched False watchdog False"])
+
+
+def test_broken_test_code_is_reported_as_its_own_error(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(
+        """
+        import pytest
+
+        @pytest.fixture
+        async def broken():
+            raise RuntimeError("fixture is broken")
+
+        async def test_uses_broken(broken):
+            pass
+
+        async def test_raises():
+            raise ValueError("boom")
+        """
+    )
+    result = run(pytester)
+    result.assert_outcomes(failed=1, errors=1)
+    result.stdout.fnmatch_lines(
+        ["*RuntimeError: fixture is broken", "*ValueError: boom"], consecutive=False
+    )
+    result.stdout.no_fnmatch_line("*LoopBlockedError*")
+    result.stdout.no_fnmatch_line("*INTERNALERROR*")
