@@ -210,7 +210,7 @@ class LoopGuard:
             self._stopping = True
             self._cond.notify_all()
             thread, self._thread = self._thread, None
-        if thread is not None:
+        if thread is not None and thread.ident is not None:
             thread.join()
         with self._cond:
             for watched in self._watched.values():
@@ -245,7 +245,16 @@ class LoopGuard:
                 watched.depth += 1
             if self._debug:
                 self._apply_debug(watched, loop)
-            self._ensure_watchdog()
+            starting = self._thread is None
+            if starting:
+                self._thread = threading.Thread(
+                    target=self._watch, name="pytest-loopguard-watchdog", daemon=True
+                )
+            thread = self._thread
+        # Started outside the lock: a watchdog that wakes up to wait for a lock this thread still
+        # holds costs a forced GIL hand-off, about as much as a thousand loop callbacks.
+        if starting and thread is not None:
+            thread.start()
 
     def _loop_stopped(self, loop: asyncio.AbstractEventLoop) -> None:
         ident = threading.get_ident()
@@ -274,13 +283,6 @@ class LoopGuard:
         watched.loop_debug.clear()
 
     # -- the watchdog --------------------------------------------------------------------
-
-    def _ensure_watchdog(self) -> None:
-        if self._thread is None:
-            self._thread = threading.Thread(
-                target=self._watch, name="pytest-loopguard-watchdog", daemon=True
-            )
-            self._thread.start()
 
     def _watch(self) -> None:
         # A timed wait even with no loop running: waking this thread on every loop start would
