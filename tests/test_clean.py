@@ -66,6 +66,24 @@ def test_clean_code_passes(pytester: pytest.Pytester, case: str) -> None:
     result.stdout.no_fnmatch_line("*LoopBlockedError*")
 
 
+def test_busy_loop_under_loop_debug_is_not_a_block(pytester: pytest.Pytester) -> None:
+    """asyncio's debug mode slows every callback; a busy loop can then starve the watchdog of
+    the GIL (the loop thread drops it around every select() and takes it straight back), which
+    must never be mistaken for a block."""
+    pytester.makepyfile(
+        """
+        import asyncio, pytest
+
+        @pytest.mark.parametrize("i", range(5))
+        async def test_busy(i):
+            for _ in range(3000):
+                await asyncio.sleep(0)
+        """
+    )
+    result = run(pytester, "--loop-debug")
+    result.assert_outcomes(passed=5)
+
+
 def test_sync_tests_are_not_watched(pytester: pytest.Pytester) -> None:
     pytester.makepyfile(
         """

@@ -166,3 +166,22 @@ def test_public_api_does_not_import_pytest() -> None:
 )
 def test_hint_table(line: str, callees: tuple[str, ...], ratio: float | None, key: str) -> None:
     assert _hints.classify(line, callees, ratio).key == key
+
+
+def test_c_call_that_keeps_the_gil_is_caught_at_its_line() -> None:
+    start = time.perf_counter()
+    sum(range(2_000_000))
+    n = int(2_000_000 * 0.3 / max(time.perf_counter() - start, 1e-4))  # about 0.3 s of C
+
+    async def main() -> None:
+        await asyncio.sleep(0)
+        total = sum(range(n))
+        assert total > 0
+
+    with LoopGuard(threshold=0.1) as guard:
+        asyncio.run(main())
+    [event] = guard.events
+    assert event.frame is not None
+    assert event.frame.line == "total = sum(range(n))"
+    assert event.cpu_bound is True
+    assert event.hint is _hints.CPU

@@ -61,12 +61,6 @@ FUTURE = Hint(
     "`concurrent.futures.Future.result()` waits on the loop thread",
     "use `await asyncio.wrap_future(future)`",
 )
-GIL = Hint(
-    "gil",
-    "a C call held the GIL, and so the loop, too long for a stack sample",
-    "run it in a `ProcessPoolExecutor` via `loop.run_in_executor` (a thread does not help "
-    "while it holds the GIL)",
-)
 WAITING = Hint(
     "blocking",
     "a blocking call holds the loop",

@@ -98,6 +98,7 @@ class _Block:
     allowed: bool = False
     armed: bool = False
     gc_at_start: float = 0.0
+    cpu_since: float = 0.0
     counts: Counter[tuple[CodeType, int]] = field(default_factory=Counter)
     examples: dict[tuple[CodeType, int], _Sample] = field(default_factory=dict)
 
@@ -310,39 +311,23 @@ class LoopGuard:
                 if watched.block is None:
                     watched.block = self._open(watched, run_frame, now)
                 self._observe(watched, watched.block, top, now)
-            watched.last_poll, watched.cpu_at_poll = now, _read(watched.cpu_clock)
-            watched.gc_at_poll = self._gc_time
+            watched.last_poll, watched.gc_at_poll = now, self._gc_time
+            watched.cpu_at_poll = _read(watched.cpu_clock)
         del frames
 
     def _settle(self, watched: _Watched, run_frame: FrameType | None, now: float) -> None:
-        """Close the block that ``run_frame`` no longer is; catch a GIL held since the last look."""
-        held = self._held_gil(watched, now)
+        """Close the block of ``watched`` if ``run_frame`` is no longer its callback."""
         block = watched.block
         if block is not None and block.run_frame is not run_frame:
-            self._close(watched, now, held)
-        elif block is None and held is not None and run_frame is None:
-            self._events.append(self._unseen_event(watched, held))
-
-    def _held_gil(self, watched: _Watched, now: float) -> float | None:
-        """How long the loop thread kept the GIL (and this watchdog) away, if that was too long.
-
-        Python code hands the GIL over within milliseconds when asked, so a look that comes a
-        threshold late while the loop thread kept its CPU busy the whole time means one C call
-        (a big ``sorted``, ``json.loads``, a regex) held the loop.
-        """
-        collecting = self._gc_time - watched.gc_at_poll
-        gap = now - watched.last_poll - collecting
-        late = gap - min(max(self._threshold / 2, 0.001), 0.05)
-        cpu = _read(watched.cpu_clock)
-        if cpu is None or watched.cpu_at_poll is None or late < self._threshold:
-            return None
-        return late if cpu - watched.cpu_at_poll - collecting >= 0.8 * gap else None
+            self._close(watched, now)
 
     def _open(self, watched: _Watched, run_frame: FrameType, now: float) -> _Block:
-        cpu = _read(watched.cpu_clock)
+        # CPU time is counted from the previous look: a block first seen when it is nearly
+        # over (C code kept this watchdog waiting for the GIL) still gets a meaningful share.
+        cpu = watched.cpu_at_poll
         start = _start_estimate(run_frame, watched.last_poll, now)
         block = _Block(run_frame, start, now, cpu, cpu, self._phase, self._fixture)
-        block.gc_at_start = watched.gc_at_poll
+        block.gc_at_start, block.cpu_since = watched.gc_at_poll, watched.last_poll
         return block
 
     def _observe(self, watched: _Watched, block: _Block, top: FrameType | None, now: float) -> None:
@@ -374,37 +359,18 @@ class LoopGuard:
         users = [describe(f, n) for f, n in stack[user:] if self._filter.is_user(f)]
         return users[0], tuple(reversed(users)), callees
 
-    def _close(self, watched: _Watched, now: float, held: float | None = None) -> None:
+    def _close(self, watched: _Watched, now: float) -> None:
         """End the block of ``watched``: it was last seen running, and is gone at ``now``."""
         block, watched.block = watched.block, None
-        if block is None or not block.counts:
+        if block is None or not block.counts or not block.armed:
+            # Unarmed: it had run under half the threshold when last seen. A look that came
+            # late proves nothing: a busy loop thread that releases the GIL around every
+            # select() and takes it straight back can keep this watchdog waiting for it.
             return
-        if block.armed:
-            end = (block.last_seen + now) / 2
-        elif held is not None:
-            end = now
-        else:
-            # It ran under half the threshold when last seen, and the next look (half a
-            # threshold later at most) did not find it: it stayed under the threshold.
-            return
+        end = (block.last_seen + now) / 2
         end -= self._gc_time - block.gc_at_start
         if end - block.start >= self._threshold:
             self._events.append(self._event(watched, block, end))
-
-    def _unseen_event(self, watched: _Watched, held: float) -> BlockEvent:
-        """A block that started and ended while C code kept the watchdog from looking."""
-        return BlockEvent(
-            duration=held,
-            threshold=self._threshold,
-            cpu_time=held,
-            frame=None,
-            stack=(),
-            hint=_hints.GIL,
-            allowed=self._allow_depth.get(watched.ident, 0) > 0,
-            phase=self._phase,
-            fixture=self._fixture,
-            thread=watched.name,
-        )
 
     def _event(self, watched: _Watched, block: _Block, end: float) -> BlockEvent:
         duration = end - block.start
@@ -432,7 +398,7 @@ def _cpu_time(block: _Block, duration: float) -> float | None:
     """CPU time over the whole block, scaled from the part of it that the watchdog observed."""
     if block.cpu_first is None or block.cpu_last is None:
         return None
-    observed = block.last_seen - block.start
+    observed = block.last_seen - block.cpu_since
     used = max(block.cpu_last - block.cpu_first, 0.0)
     if observed <= 0:
         return used
