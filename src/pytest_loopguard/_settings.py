@@ -16,7 +16,7 @@ THRESHOLD_HELP = (
 )
 DEBUG_HELP = (
     "Also turn on asyncio's debug mode on every loop under test, with slow_callback_duration "
-    "set to the threshold (slow: about 10x on callback-heavy code; default off)."
+    "set to the threshold (slow: about 7x on a callback-heavy suite; default off)."
 )
 THRESHOLD_MARKER = (
     "loop_block_threshold(seconds): this test's own threshold for blocking the event loop "
