@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import threading
 
 import pytest
@@ -66,3 +67,26 @@ def assert_blocked(
             f"fix: {fix}",
         ]
     )
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> object:
+    """A real PostgreSQL server for the session: skipped where absent, unless CI requires it."""
+    import postgres
+
+    try:
+        with postgres.cluster() as url:
+            yield url
+    except postgres.Unavailable as exc:
+        if os.environ.get("LOOPGUARD_REQUIRE_POSTGRES") == "1":
+            pytest.fail(f"PostgreSQL is required here (LOOPGUARD_REQUIRE_POSTGRES=1): {exc}")
+        pytest.skip(f"PostgreSQL not available: {exc}")
+
+
+@pytest.fixture(params=["aiosqlite", "postgresql"])
+def db_url(request: pytest.FixtureRequest, pytester: pytest.Pytester) -> str:
+    """Each SQLAlchemy test runs on embedded aiosqlite and on a real PostgreSQL via asyncpg."""
+    if request.param == "aiosqlite":
+        return f"sqlite+aiosqlite:///{pytester.path / 'test.db'}"
+    url: str = request.getfixturevalue("postgres_url")
+    return url

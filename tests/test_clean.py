@@ -99,3 +99,31 @@ def test_sync_tests_are_not_watched(pytester: pytest.Pytester) -> None:
     )
     result = run(pytester)
     result.assert_outcomes(passed=2)
+
+
+def test_first_import_on_the_loop_is_not_a_block(pytester: pytest.Pytester) -> None:
+    """A module imported for the first time inside async code (a driver, a dialect) stalls the
+    loop once per process; that is not a line to fix, so import time is left out of verdicts."""
+    pytester.makepyfile(
+        heavy_module="""
+        import time
+
+        end = time.perf_counter() + 0.3
+        while time.perf_counter() < end:
+            pass
+        """,
+        test_imports="""
+        import importlib, time
+
+        async def test_imports_on_the_loop():
+            importlib.import_module("heavy_module")
+
+        async def test_but_blocks_still_count():
+            importlib.import_module("heavy_module")
+            time.sleep(0.3)
+        """,
+    )
+    pytester.syspathinsert()
+    result = run(pytester)
+    result.assert_outcomes(passed=1, failed=1)
+    result.stdout.fnmatch_lines(["LoopBlockedError: * in test_but_blocks_still_count"])

@@ -17,12 +17,28 @@ from ._report import LoopBlockedError, render
 
 __version__ = "0.1.0.dev0"
 
+# The SQLAlchemy guards' exceptions, imported on first use so that importing this package never
+# imports SQLAlchemy.
+_FROM_SQLALCHEMY = ("DetachedAccessError", "LazyLoadError", "SyncEngineOnLoopError")
+
+
+def __getattr__(name: str) -> object:
+    if name in _FROM_SQLALCHEMY:
+        from . import sqlalchemy
+
+        return getattr(sqlalchemy, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 __all__ = [
     "BlockEvent",
+    "DetachedAccessError",
     "FrameInfo",
     "Hint",
+    "LazyLoadError",
     "LoopBlockedError",
     "LoopGuard",
+    "SyncEngineOnLoopError",
     "__version__",
     "render",
 ]

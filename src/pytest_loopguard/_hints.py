@@ -155,3 +155,53 @@ def classify(line: str, callees: Sequence[str], cpu_ratio: float | None) -> Hint
     if hint is not None and not (cpu_bound and hint is FILE):
         return hint
     return CPU if cpu_bound else WAITING
+
+
+MISSING_GREENLET = (
+    "MissingGreenlet: async SQLAlchemy was asked for IO without `await` — a lazy-loaded "
+    "relationship, an attribute expired by commit, or a sync engine/session in async code.\n"
+    "fix: load in the query (`select(User).options(selectinload(User.posts))`), "
+    "`await obj.awaitable_attrs.posts`, `async_sessionmaker(..., expire_on_commit=False)`, and "
+    '`create_async_engine("postgresql+asyncpg://...")` with AsyncSession. The '
+    "loopguard_sqlalchemy fixture names the attribute and line."
+)
+DETACHED = (
+    "DetachedInstanceError: an ORM attribute was read after its session closed.\n"
+    "fix: `async_sessionmaker(..., expire_on_commit=False)`, or read what you need inside "
+    "`async with session:`; the loopguard_sessionmaker fixture catches loaded reads too."
+)
+NOT_AWAITED = (
+    "A sync call where an async one was expected (or a coroutine never awaited): e.g. "
+    "`requests` inside `async def`.\n"
+    "fix: `await httpx.AsyncClient().get(url)`, and `await` every coroutine."
+)
+OURS = ("LazyLoadError", "DetachedAccessError", "SyncEngineOnLoopError", "LoopBlockedError")
+
+
+def chain(error: BaseException | None) -> list[BaseException]:
+    """``error`` and everything it wraps: causes, contexts, DBAPI ``orig``, group members."""
+    found: list[BaseException] = []
+    todo = [error]
+    while todo:
+        current = todo.pop()
+        if current is None or any(current is seen for seen in found):
+            continue
+        found.append(current)
+        todo.extend((current.__cause__, current.__context__, getattr(current, "orig", None)))
+        todo.extend(getattr(current, "exceptions", ()))
+    return [e for e in found if isinstance(e, BaseException)]
+
+
+def for_error(error: BaseException) -> str | None:
+    """The cause and fix for a known async mistake somewhere in ``error``'s chain."""
+    errors = chain(error)
+    names = {cls.__name__ for e in errors for cls in type(e).__mro__}
+    if names & set(OURS):
+        return None  # our own errors already carry their fix
+    if "MissingGreenlet" in names:
+        return MISSING_GREENLET
+    if "DetachedInstanceError" in names:
+        return DETACHED
+    if any("cannot be awaited" in str(e) or "never awaited" in str(e) for e in errors):
+        return NOT_AWAITED
+    return None

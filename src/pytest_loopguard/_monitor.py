@@ -34,6 +34,7 @@ from ._frames import FrameFilter, FrameInfo, current_stack, describe
 _clock = time.perf_counter
 _monotonic = time.monotonic
 _RUN_CODE: CodeType = asyncio.events.Handle._run.__code__
+_IMPORT_MACHINERY = "<frozen importlib._bootstrap"
 _RUN_ONCE_CODE: CodeType = asyncio.BaseEventLoop._run_once.__code__  # type: ignore[attr-defined]
 
 
@@ -99,6 +100,7 @@ class _Block:
     armed: bool = False
     gc_at_start: float = 0.0
     cpu_since: float = 0.0
+    importing: int = 0
     counts: Counter[tuple[CodeType, int]] = field(default_factory=Counter)
     examples: dict[tuple[CodeType, int], _Sample] = field(default_factory=dict)
 
@@ -347,6 +349,8 @@ class LoopGuard:
         frame, lineno = stack[index]
         key = (frame.f_code, lineno)
         block.counts[key] += 1
+        if any(f.f_code.co_filename.startswith(_IMPORT_MACHINERY) for f, _ in stack):
+            block.importing += 1
         if key not in block.examples:
             block.examples[key] = self._resolve(stack, user)
 
@@ -369,6 +373,9 @@ class LoopGuard:
             return
         end = (block.last_seen + now) / 2
         end -= self._gc_time - block.gc_at_start
+        # A first import runs once per process, not per request: its share of the samples is
+        # left out, like garbage collection (an import-heavy fixture is not a bug to fix).
+        end -= (end - block.start) * block.importing / sum(block.counts.values())
         if end - block.start >= self._threshold:
             self._events.append(self._event(watched, block, end))
 

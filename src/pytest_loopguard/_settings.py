@@ -18,6 +18,13 @@ DEBUG_HELP = (
     "Also turn on asyncio's debug mode on every loop under test, with slow_callback_duration "
     "set to the threshold (slow: about 7x on a callback-heavy suite; default off)."
 )
+SQLALCHEMY_HELP = (
+    "Make the loopguard_sqlalchemy fixture active for every test: lazy loads and sync engines "
+    "on the event loop fail early with the fix (true/false; default false)."
+)
+LAZY_MARKER = (
+    "allow_lazy_loads: this test opts out of the loopguard_sqlalchemy guards (pytest-loopguard)."
+)
 THRESHOLD_MARKER = (
     "loop_block_threshold(seconds): this test's own threshold for blocking the event loop "
     "(pytest-loopguard)."
@@ -38,6 +45,7 @@ class Settings:
     threshold: float = DEFAULT_THRESHOLD
     threshold_source: str = "default"
     debug: bool = False
+    guard_sqlalchemy: bool = False
     allow_blocking: bool = False
     allow_reason: str | None = None
 
@@ -91,7 +99,10 @@ def _debug(config: pytest.Config) -> bool:
 def resolve(config: pytest.Config) -> Settings:
     """The session's settings: CLI over ini over default (markers come in for_item)."""
     threshold, source = _threshold(config)
-    return Settings(threshold=threshold, threshold_source=source, debug=_debug(config))
+    guard_sqlalchemy = parse_bool(
+        config.getini("loop_guard_sqlalchemy"), "ini loop_guard_sqlalchemy"
+    )
+    return Settings(threshold, source, _debug(config), guard_sqlalchemy)
 
 
 def _threshold_marker(seconds: Any) -> Any:

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Generator, Iterator
+from collections.abc import Callable, Generator, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 import pytest
 
-from . import _settings
+from . import _hints, _settings
 from ._monitor import BlockEvent, LoopGuard
 from ._report import LoopBlockedError, headline, render, worst_first
 from ._settings import SETTINGS_KEY, Settings
@@ -18,6 +18,7 @@ _GUARD = pytest.StashKey[LoopGuard]()
 _ITEM_SETTINGS = pytest.StashKey[Settings]()
 _TEARDOWN_MARK = pytest.StashKey[int]()
 _CURRENT = pytest.StashKey[pytest.Item]()
+_CALL_ERROR = pytest.StashKey[BaseException | None]()
 _SECTION = "event loop blocked (pytest-loopguard)"
 
 
@@ -40,12 +41,14 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     )
     parser.addini("loop_block_threshold", _settings.THRESHOLD_HELP, default="")
     parser.addini("loop_debug", _settings.DEBUG_HELP, default="false")
+    parser.addini("loop_guard_sqlalchemy", _settings.SQLALCHEMY_HELP, default="false")
 
 
 def pytest_configure(config: pytest.Config) -> None:
     """Register the markers and resolve the settings once, failing fast on bad values."""
     config.addinivalue_line("markers", _settings.THRESHOLD_MARKER)
     config.addinivalue_line("markers", _settings.ALLOW_MARKER)
+    config.addinivalue_line("markers", _settings.LAZY_MARKER)
     config.stash[SETTINGS_KEY] = _settings.resolve(config)
 
 
@@ -64,6 +67,14 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     settings = config.stash[SETTINGS_KEY]
     for item in items:
         item.stash[_ITEM_SETTINGS] = _settings.for_item(item, settings)
+        if settings.guard_sqlalchemy and isinstance(item, pytest.Function):
+            _use_sqlalchemy_guard(item)
+
+
+def _use_sqlalchemy_guard(item: pytest.Function) -> None:
+    # Like @pytest.mark.usefixtures, for every test: pytest requests fixtures by these names.
+    if "loopguard_sqlalchemy" not in item.fixturenames:
+        item.fixturenames.insert(0, "loopguard_sqlalchemy")
 
 
 def _item_settings(item: pytest.Item) -> Settings:
@@ -180,7 +191,7 @@ class _CrashLine:
     message: str
 
 
-class _BlockRepr:
+class _MessageRepr:
     """A report body that is exactly our message: no plugin or pluggy frames in it."""
 
     def __init__(self, text: str, summary: str) -> None:
@@ -189,7 +200,7 @@ class _BlockRepr:
 
     def toterminal(self, tw: _Writer) -> None:
         for line in self.text.splitlines():
-            tw.line(line, red=line.startswith("LoopBlockedError"), bold=True)
+            tw.line(line, red=line.startswith(_hints.OURS), bold=True)
 
     def __str__(self) -> str:
         return self.text
@@ -202,10 +213,19 @@ def pytest_runtest_makereport(
     """Show our message as the failure, or next to the test's own failure — never instead of it."""
     report = yield
     error = call.excinfo.value if call.excinfo is not None else None
+    if call.when == "call":
+        item.stash[_CALL_ERROR] = error
+    hint = _hints.for_error(error) if report.failed and error is not None else None
+    if hint is not None:
+        report.sections.append(("hint (pytest-loopguard)", hint))
     if isinstance(error, LoopBlockedError):
         summary = headline(error.events[0], item.config.rootpath)
-        report.longrepr = _BlockRepr(str(error), f"LoopBlockedError: {summary}")  # type: ignore[assignment]
+        report.longrepr = _MessageRepr(str(error), f"LoopBlockedError: {summary}")  # type: ignore[assignment]
         return report
+    if error is not None and type(error).__name__ in _hints.OURS:
+        # Our SQLAlchemy errors say where and how to fix: SQLAlchemy's frames would bury that.
+        text = f"{type(error).__name__}: {error}"
+        report.longrepr = _MessageRepr(text, text.splitlines()[0])  # type: ignore[assignment]
     failing = _failing(item, _phase_events(item, call.when))
     if failing and report.failed:
         report.sections.append((_SECTION, render(failing, item.config.rootpath)))
@@ -240,3 +260,51 @@ def loopguard_fixture(request: pytest.FixtureRequest) -> LoopguardFixture:
     if guard is None:
         raise RuntimeError("the loopguard fixture is only available inside a running test")
     return LoopguardFixture(guard)
+
+
+def _guards() -> Any:
+    try:
+        from . import sqlalchemy as guards
+    except ImportError as exc:
+        pytest.fail(
+            f"pytest-loopguard's SQLAlchemy fixtures need SQLAlchemy 2 with asyncio support "
+            f"(pip install 'pytest-loopguard[sqlalchemy]'): {exc}",
+            pytrace=False,
+        )
+    return guards
+
+
+def _swallowed(item: pytest.Item, errors: list[BaseException]) -> bool:
+    """Whether none of ``errors`` reached pytest as the test's own failure."""
+    seen = set(map(id, _hints.chain(item.stash.get(_CALL_ERROR, None))))
+    return not any(id(error) in seen for error in errors)
+
+
+@pytest.fixture(name="loopguard_sqlalchemy")
+def loopguard_sqlalchemy_fixture(request: pytest.FixtureRequest) -> Iterator[object]:
+    """Lazy loads and sync engines on the loop fail early; swallowed ones fail at teardown."""
+    guards = _guards()
+    if request.node.get_closest_marker("allow_lazy_loads") is not None:
+        yield None
+        return
+    with guards.SQLAlchemyGuard(root=str(request.config.rootpath)) as guard:
+        yield guard
+    errors = [violation.error for violation in guard.violations]
+    if errors and isinstance(request.node, pytest.Item) and _swallowed(request.node, errors):
+        pytest.fail(guards.render(guard.violations), pytrace=False)
+
+
+@pytest.fixture(name="loopguard_sessionmaker")
+def loopguard_sessionmaker_fixture() -> Iterator[Callable[[object], object]]:
+    """``loopguard_sessionmaker(factory)``: sessions whose detached objects refuse reads."""
+    guards = _guards()
+    made: list[Any] = []
+
+    def strict(factory: object) -> object:
+        __tracebackhide__ = True
+        made.append(guards.StrictSessionFactory(factory))
+        return made[-1]
+
+    yield strict
+    for factory in made:
+        factory.close()
