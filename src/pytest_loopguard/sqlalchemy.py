@@ -1,7 +1,7 @@
 """AsyncSession guards: lazy loads, sync engines on the loop, detached reads — caught early.
 
 The only module that imports SQLAlchemy (install ``pytest-loopguard[sqlalchemy]``). It uses public
-events only (``do_orm_execute``, ``before_cursor_execute``, ``persistent_to_detached``), so it
+events only (``do_orm_execute``, ``engine_connect``, ``persistent_to_detached``), so it
 works on SQLAlchemy 2.0 and 2.1 alike, and knows nothing of pytest: the plugin's fixtures drive it.
 """
 
@@ -16,6 +16,7 @@ from types import FrameType
 from typing import Any
 
 import sqlalchemy
+from greenlet import getcurrent
 from sqlalchemy import event
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import MissingGreenlet
@@ -60,9 +61,7 @@ class Violation:
 
 def _in_greenlet() -> bool:
     """Whether SQLAlchemy's asyncio bridge is running us (then sync IO is awaited for real)."""
-    import greenlet
-
-    return bool(getattr(greenlet.getcurrent(), "__sqlalchemy_greenlet_provider__", False))
+    return bool(getattr(getcurrent(), "__sqlalchemy_greenlet_provider__", False))
 
 
 def _access_frames() -> tuple[FrameType | None, FrameType | None]:
@@ -131,7 +130,9 @@ class SQLAlchemyGuard:
         self.violations: list[Violation] = []
         self._listeners: list[tuple[Any, str, Callable[..., Any]]] = [
             (Session, "do_orm_execute", self._on_orm_execute),
-            (Engine, "before_cursor_execute", self._on_cursor_execute),
+            # Once per connection, not per statement: cheaper, and it stops the sync engine
+            # before it even connects from the loop thread.
+            (Engine, "engine_connect", self._on_connect),
         ]
 
     def __enter__(self) -> SQLAlchemyGuard:
@@ -156,7 +157,9 @@ class SQLAlchemyGuard:
 
     def _on_orm_execute(self, state: ORMExecuteState) -> None:
         __tracebackhide__ = True
-        if not (state.is_relationship_load or state.is_column_load) or _in_greenlet():
+        # Every statement of every AsyncSession passes here: the common, legitimate case (run
+        # by SQLAlchemy's greenlet) must return after one cheap check.
+        if _in_greenlet() or not (state.is_relationship_load or state.is_column_load):
             return
         if not getattr(state.session.get_bind().dialect, "is_async", False):
             return  # a sync Session in sync code may lazy-load
@@ -171,7 +174,7 @@ class SQLAlchemyGuard:
         self._record("lazy load", message, info, error)
         raise error
 
-    def _on_cursor_execute(self, conn: Any, *args: Any) -> None:
+    def _on_connect(self, conn: Any) -> None:
         __tracebackhide__ = True
         if getattr(conn.dialect, "is_async", False) or asyncio._get_running_loop() is None:
             return
@@ -179,8 +182,8 @@ class SQLAlchemyGuard:
         info, at = _where(user, self.root)
         url = conn.engine.url.render_as_string(hide_password=True)
         message = (
-            f"sync Engine {url} executed SQL on the event-loop thread at {at}: every query "
-            f"blocks the loop\n"
+            f"sync Engine {url} used on the event-loop thread at {at}: its connect and every "
+            f"query block the loop\n"
             f'fix: `create_async_engine("postgresql+asyncpg://...")` (or "sqlite+aiosqlite://") '
             f"with AsyncSession, or run the sync code in `await asyncio.to_thread(...)`"
         )
