@@ -181,7 +181,7 @@ def test_sync_engine_on_the_loop(pytester: pytest.Pytester, sa_project: str) -> 
     result.stdout.fnmatch_lines(
         [
             f"SyncEngineOnLoopError: sync Engine {shown} used on the event-loop thread at "
-            "test_sync_engine_on_the_loop.py:9 in test_sync_engine: its connect and every query "
+            "test_sync_engine_on_the_loop.py:8 in test_sync_engine: its connect and every query "
             "block the loop",
             'fix: `create_async_engine("postgresql+asyncpg://...")`*asyncio.to_thread*',
         ]
