@@ -36,7 +36,9 @@ def _library_prefixes() -> tuple[str, ...]:
     user_site = getattr(site, "getusersitepackages", lambda: "")()
     if user_site:
         found.add(user_site)
-    return tuple(sorted(os.path.join(os.path.realpath(p), "") for p in found if p))
+    # Both spellings, so a frame's file name can be compared without touching the disk.
+    spelled = {os.path.abspath(p) for p in found if p} | {os.path.realpath(p) for p in found if p}
+    return tuple(sorted(os.path.join(p, "") for p in spelled))
 
 
 _LIBRARY_PREFIXES = _library_prefixes()
@@ -62,20 +64,28 @@ def _is_user(filename: str, module: str) -> bool:
         return False
     if module.split(".", 1)[0] in _RUNNER_MODULES:
         return False
-    return not os.path.realpath(filename).startswith(_LIBRARY_PREFIXES)
+    return not os.path.abspath(filename).startswith(_LIBRARY_PREFIXES)
+
+
+# A frame as the watchdog keeps it: no file is read while sampling (see resolve).
+RawFrame = tuple[CodeType, int, str]
+
+
+def raw(frame: FrameType, lineno: int) -> RawFrame:
+    return frame.f_code, lineno, str(frame.f_globals.get("__name__", ""))
+
+
+def resolve(frame: RawFrame) -> FrameInfo:
+    """A sampled frame with its source line. Reads the file, so never call it while sampling:
+    file I/O drops the GIL, and a busy loop thread then keeps the watchdog waiting for it."""
+    code, lineno, module = frame
+    line = linecache.getline(code.co_filename, lineno).strip()
+    return FrameInfo(code.co_filename, lineno, code.co_name, module, line)
 
 
 def describe(frame: FrameType, lineno: int) -> FrameInfo:
-    """Resolve a frame (at the line it was sampled on) to a FrameInfo."""
-    code = frame.f_code
-    filename = code.co_filename
-    return FrameInfo(
-        filename=filename,
-        lineno=lineno,
-        function=code.co_name,
-        module=str(frame.f_globals.get("__name__", "")),
-        line=linecache.getline(filename, lineno).strip(),
-    )
+    """Resolve a live frame (at the line it was sampled on) to a FrameInfo."""
+    return resolve(raw(frame, lineno))
 
 
 def current_stack(top: FrameType | None, stop: CodeType) -> list[tuple[FrameType, int]]:

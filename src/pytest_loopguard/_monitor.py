@@ -28,7 +28,7 @@ from types import CodeType, FrameType, TracebackType
 from typing import Any
 
 from . import _hints
-from ._frames import FrameFilter, FrameInfo, current_stack, describe
+from ._frames import FrameFilter, FrameInfo, RawFrame, current_stack, raw, resolve
 
 # Captured at import so that a test patching time.perf_counter cannot skew a verdict.
 _clock = time.perf_counter
@@ -82,7 +82,7 @@ def _read(clock: Callable[[], float] | None) -> float | None:
 
 
 # One resolved sample: the blocking user frame, the user stack, the modules that frame called.
-_Sample = tuple[FrameInfo | None, tuple[FrameInfo, ...], tuple[str, ...]]
+_Sample = tuple[RawFrame, tuple[RawFrame, ...], tuple[str, ...]]
 
 
 @dataclass
@@ -155,7 +155,15 @@ class LoopGuard:
     def events(self) -> list[BlockEvent]:
         """The blocks recorded so far, in the order they ended."""
         with self._cond:
+            self._settle_caller()
             return list(self._events)
+
+    def _settle_caller(self) -> None:
+        # Asked from a loop callback: a block of this thread that is not the running callback
+        # has ended, even if the watchdog has not looked since.
+        watched = self._watched.get(threading.get_ident())
+        if watched is not None:
+            self._settle(watched, _find_run_frame(sys._getframe()), _clock())
 
     @property
     def active(self) -> bool:
@@ -357,10 +365,9 @@ class LoopGuard:
     def _resolve(self, stack: list[tuple[FrameType, int]], user: int | None) -> _Sample:
         # The user's frames make the trace; the modules the innermost of them called pick the hint.
         if user is None:
-            frame, lineno = stack[0]
-            return describe(frame, lineno), (), ()
+            return raw(*stack[0]), (), ()
         callees = tuple(str(f.f_globals.get("__name__", "")) for f, _ in reversed(stack[:user]))
-        users = [describe(f, n) for f, n in stack[user:] if self._filter.is_user(f)]
+        users = [raw(f, n) for f, n in stack[user:] if self._filter.is_user(f)]
         return users[0], tuple(reversed(users)), callees
 
     def _close(self, watched: _Watched, now: float) -> None:
@@ -382,7 +389,8 @@ class LoopGuard:
     def _event(self, watched: _Watched, block: _Block, end: float) -> BlockEvent:
         duration = end - block.start
         ((key, _),) = block.counts.most_common(1)
-        frame, stack, callees = block.examples[key]
+        top, users, callees = block.examples[key]
+        frame, stack = resolve(top), tuple(resolve(f) for f in users)
         cpu_time = _cpu_time(block, duration)
         ratio = None if cpu_time is None else cpu_time / duration
         hint = _hints.classify(frame.line if frame else "", callees, ratio)

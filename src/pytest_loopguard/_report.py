@@ -72,7 +72,11 @@ def _cpu_line(event: BlockEvent) -> str:
 
 
 def _stack_lines(event: BlockEvent, root: Path | None) -> list[str]:
-    frames = event.stack[-MAX_STACK_LINES // 2 :]
+    # Nested generator expressions sit on one line: show that line once.
+    unique = [
+        f for i, f in enumerate(event.stack) if i == 0 or f.location != event.stack[i - 1].location
+    ]
+    frames = unique[-MAX_STACK_LINES // 2 :]
     lines = ["stack while blocked (most recent call last):"]
     for frame in frames:
         lines.append(f"  {_path(frame.filename, root)}:{frame.lineno} in {frame.function}")

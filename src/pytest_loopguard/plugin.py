@@ -295,14 +295,16 @@ def loopguard_sqlalchemy_fixture(request: pytest.FixtureRequest) -> Iterator[obj
 
 
 @pytest.fixture(name="loopguard_sessionmaker")
-def loopguard_sessionmaker_fixture() -> Iterator[Callable[[object], object]]:
+def loopguard_sessionmaker_fixture(
+    request: pytest.FixtureRequest,
+) -> Iterator[Callable[[object], object]]:
     """``loopguard_sessionmaker(factory)``: sessions whose detached objects refuse reads."""
     guards = _guards()
     made: list[Any] = []
 
     def strict(factory: object) -> object:
         __tracebackhide__ = True
-        made.append(guards.StrictSessionFactory(factory))
+        made.append(guards.StrictSessionFactory(factory, str(request.config.rootpath)))
         return made[-1]
 
     yield strict

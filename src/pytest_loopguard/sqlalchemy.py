@@ -204,6 +204,7 @@ def render(violations: list[Violation]) -> str:
 # -- strict sessions ---------------------------------------------------------------------------
 
 _STRICT_CLASSES: dict[type, type] = {}
+_ROOT_KEY = "pytest_loopguard.root"  # where message paths start, kept on the object's state
 
 
 def _strict_class(cls: type) -> type:
@@ -215,7 +216,9 @@ def _strict_class(cls: type) -> type:
         def __getattribute__(self: Any, name: str) -> Any:
             if name in keys:
                 _, user = _access_frames_from(sys._getframe(1))
-                raise DetachedAccessError(_detached_message(self, name, user))
+                state = object.__getattribute__(self, "_sa_instance_state")
+                root = state.info.get(_ROOT_KEY)
+                raise DetachedAccessError(_detached_message(self, name, user, root))
             return object.__getattribute__(self, name)
 
         # Not mapped: SQLAlchemy finds the object's state through its instance dict.
@@ -232,9 +235,9 @@ def _access_frames_from(frame: FrameType | None) -> tuple[None, FrameType | None
     return None, frame
 
 
-def _detached_message(instance: object, name: str, user: FrameType | None) -> str:
+def _detached_message(instance: object, name: str, user: FrameType | None, root: str | None) -> str:
     model = type(instance).__name__
-    _, at = _where(user, os.getcwd())
+    _, at = _where(user, root or os.getcwd())
     return (
         f"{model}.{name} read at {at} after its session closed or expunged it: a loaded value "
         f"is stale, an unloaded one raises DetachedInstanceError\n"
@@ -243,9 +246,10 @@ def _detached_message(instance: object, name: str, user: FrameType | None) -> st
     )
 
 
-def _on_detach(session: Session, instance: object) -> None:
+def _make_strict(instance: object, root: str | None) -> None:
     cls = type(instance)
     if cls not in _STRICT_CLASSES.values():
+        sqlalchemy.inspect(instance).info[_ROOT_KEY] = root
         object.__setattr__(instance, "__class__", _strict_class(cls))
 
 
@@ -255,29 +259,30 @@ def _on_attach(session: Session, instance: object) -> None:
         object.__setattr__(instance, "__class__", cls.__mro__[1])
 
 
-_STRICT_LISTENERS = (
-    ("persistent_to_detached", _on_detach),
-    ("detached_to_persistent", _on_attach),
-)
-
-
 class StrictSessionFactory:
     """Makes sessions like ``factory`` does, whose objects refuse to be read once detached."""
 
-    def __init__(self, factory: Any) -> None:
+    def __init__(self, factory: Any, root: str | None = None) -> None:
         __tracebackhide__ = True
         if not isinstance(factory, (async_sessionmaker, sessionmaker)):
             raise TypeError(
                 "loopguard_sessionmaker() expects an async_sessionmaker (or a sessionmaker), "
                 f"got {type(factory).__name__}: {factory!r}"
             )
-        self.factory = factory
+        self.factory, self.root = factory, root
         self.sessions: list[Session] = []
+        self._listeners = (
+            ("persistent_to_detached", self._on_detach),
+            ("detached_to_persistent", _on_attach),
+        )
+
+    def _on_detach(self, session: Session, instance: object) -> None:
+        _make_strict(instance, self.root)
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         session = self.factory(*args, **kwargs)
         sync = session.sync_session if isinstance(session, AsyncSession) else session
-        for name, fn in _STRICT_LISTENERS:
+        for name, fn in self._listeners:
             event.listen(sync, name, fn)
         self.sessions.append(sync)
         return session
@@ -289,7 +294,7 @@ class StrictSessionFactory:
     def close(self) -> None:
         """Remove the listeners from every session this factory made."""
         for sync in self.sessions:
-            for name, fn in _STRICT_LISTENERS:
+            for name, fn in self._listeners:
                 if event.contains(sync, name, fn):
                     event.remove(sync, name, fn)
         self.sessions.clear()

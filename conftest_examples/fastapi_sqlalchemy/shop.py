@@ -1,0 +1,190 @@
+"""A small FastAPI shop: users and posts, async routes, an AsyncSession per request.
+
+Every pitfall of the lesson appears twice: a ``broken`` route and its ``fixed`` twin.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from typing import Annotated
+
+import httpx
+import requests
+from fastapi import Depends, FastAPI, Request
+from sqlalchemy import ForeignKey, String, select, text
+from sqlalchemy.ext.asyncio import AsyncAttrs, AsyncSession, async_sessionmaker
+from sqlalchemy.orm import (
+    DeclarativeBase,
+    Mapped,
+    Session,
+    mapped_column,
+    relationship,
+    selectinload,
+)
+
+
+class Base(AsyncAttrs, DeclarativeBase):
+    pass
+
+
+class User(Base):
+    __tablename__ = "users"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(50))
+    posts: Mapped[list[Post]] = relationship(back_populates="author")
+
+
+class Post(Base):
+    __tablename__ = "posts"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    title: Mapped[str] = mapped_column(String(100))
+    author_id: Mapped[int] = mapped_column(ForeignKey("users.id"))
+    author: Mapped[User] = relationship(back_populates="posts")
+
+
+async def get_db(request: Request) -> AsyncIterator[AsyncSession]:
+    async with request.app.state.sessionmaker() as session:
+        yield session
+
+
+DB = Annotated[AsyncSession, Depends(get_db)]
+app = FastAPI()
+
+
+def count_primes(limit: int) -> int:
+    """CPU-heavy work: counts primes below ``limit`` the slow way."""
+    return sum(all(n % d for d in range(2, int(n**0.5) + 1)) for n in range(2, limit))
+
+
+# -- time.sleep in an async route ------------------------------------------------------------
+@app.get("/broken/sleep")
+async def broken_sleep() -> dict[str, str]:
+    time.sleep(0.3)  # waits for a rate limit; every other request waits too
+    return {"status": "ok"}
+
+
+@app.get("/fixed/sleep")
+async def fixed_sleep() -> dict[str, str]:
+    await asyncio.sleep(0.3)
+    return {"status": "ok"}
+
+
+# -- sync HTTP in an async route ----------------------------------------------------------------
+@app.get("/broken/weather")
+async def broken_weather(request: Request) -> dict[str, str]:
+    reply = requests.get(request.app.state.weather_url, timeout=5)
+    return {"weather": reply.text}
+
+
+@app.get("/fixed/weather")
+async def fixed_weather(request: Request) -> dict[str, str]:
+    async with httpx.AsyncClient() as client:
+        reply = await client.get(request.app.state.weather_url, timeout=5)
+    return {"weather": reply.text}
+
+
+# -- a sync SQLAlchemy session in async def ------------------------------------------------------
+@app.get("/broken/report")
+async def broken_report(request: Request) -> dict[str, int]:
+    with Session(request.app.state.sync_engine) as session:
+        # A slow report query, run by the sync driver: the loop waits for the database.
+        total = session.execute(text("SELECT count(*) FROM users WHERE slow_check(0.15) IS NULL"))
+        return {"users": total.scalar_one()}
+
+
+@app.get("/fixed/report")
+async def fixed_report(db: DB) -> dict[str, int]:
+    total = await db.execute(text("SELECT count(*) FROM users WHERE slow_check(0.15) IS NULL"))
+    return {"users": total.scalar_one()}
+
+
+# -- open(file).read() of a slow file -----------------------------------------------------------
+@app.get("/broken/export")
+async def broken_export(request: Request) -> dict[str, int]:
+    data = open(request.app.state.export_path).read()  # noqa: SIM115 - a slow network file
+    return {"bytes": len(data)}
+
+
+@app.get("/fixed/export")
+async def fixed_export(request: Request) -> dict[str, int]:
+    def read() -> str:
+        with open(request.app.state.export_path) as f:
+            return f.read()
+
+    data = await asyncio.to_thread(read)
+    return {"bytes": len(data)}
+
+
+# -- CPU-heavy computation ----------------------------------------------------------------------
+@app.get("/broken/primes")
+async def broken_primes() -> dict[str, int]:
+    return {"primes": count_primes(100_000)}
+
+
+@app.get("/fixed/primes")
+async def fixed_primes() -> dict[str, int]:
+    return {"primes": await asyncio.to_thread(count_primes, 100_000)}
+
+
+# -- a sync engine in an async route (the seed's MissingGreenlet example) ------------------------
+@app.get("/broken/users")
+async def broken_users(request: Request) -> list[str]:
+    with request.app.state.sync_engine.connect() as conn:
+        return [row.name for row in conn.execute(select(User.name))]
+
+
+@app.get("/fixed/users")
+async def fixed_users(db: DB) -> list[str]:
+    return list((await db.execute(select(User.name))).scalars())
+
+
+# -- a lazy-loaded relationship -----------------------------------------------------------------
+@app.get("/broken/users/{user_id}/posts")
+async def broken_posts(user_id: int, db: DB) -> list[str]:
+    user = await db.get(User, user_id)
+    assert user is not None
+    return [post.title for post in user.posts]
+
+
+@app.get("/fixed/users/{user_id}/posts")
+async def fixed_posts(user_id: int, db: DB) -> list[str]:
+    query = select(User).where(User.id == user_id).options(selectinload(User.posts))
+    user = (await db.execute(query)).scalar_one()
+    return [post.title for post in user.posts]
+
+
+# -- an attribute expired by commit -------------------------------------------------------------
+@app.post("/broken/users/{user_id}/rename")
+async def broken_rename(user_id: int, name: str, db: DB) -> dict[str, str]:
+    user = await db.get(User, user_id)
+    assert user is not None
+    user.name = name
+    await db.commit()
+    return {"name": user.name}
+
+
+@app.post("/fixed/users/{user_id}/rename")
+async def fixed_rename(user_id: int, name: str, db: DB) -> dict[str, str]:
+    user = await db.get(User, user_id)
+    assert user is not None
+    user.name = name
+    await db.commit()
+    await db.refresh(user)
+    return {"name": user.name}
+
+
+# -- a detached instance read after the session closed ------------------------------------------
+async def load_user(sessionmaker: async_sessionmaker[AsyncSession], user_id: int) -> User:
+    async with sessionmaker() as session:
+        user = await session.get(User, user_id)
+        assert user is not None
+        return user  # the session closes here: the object is detached
+
+
+async def load_user_name(sessionmaker: async_sessionmaker[AsyncSession], user_id: int) -> str:
+    async with sessionmaker() as session:
+        user = await session.get(User, user_id)
+        assert user is not None
+        return user.name  # read what you need while the session is open

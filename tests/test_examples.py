@@ -1,0 +1,146 @@
+"""The example projects, run as a user runs them: each broken test fails with its fix, each fixed
+twin passes. Keeps conftest_examples/ (and the README output taken from it) from rotting."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from pytest_loopguard import _hints
+
+EXAMPLES = Path(__file__).parent.parent / "conftest_examples"
+SLEEP_FIX = "fix: time.sleep blocks every request — use `await asyncio.sleep(...)`"
+BLOCKED = "LoopBlockedError: event loop blocked for * s (threshold 0.10 s) at "
+SHOP = "fastapi_sqlalchemy/shop.py"
+
+# (test name, key lines of its failure) in file order; a None entry is a fixed twin that passes.
+PITFALLS = [
+    (
+        "test_broken_time_sleep_in_route",
+        [f"{BLOCKED}{SHOP}:64 in broken_sleep", "    time.sleep(0.3)*", SLEEP_FIX],
+    ),
+    ("test_fixed_time_sleep_in_route", None),
+    (
+        "test_broken_sync_http_in_route",
+        [
+            f"{BLOCKED}{SHOP}:77 in broken_weather",
+            "    reply = requests.get(request.app.state.weather_url, timeout=5)",
+            f"fix: {_hints.HTTP.render()}",
+        ],
+    ),
+    ("test_fixed_sync_http_in_route", None),
+    (
+        "test_broken_sync_session_in_async_def",
+        [
+            f"{BLOCKED}{SHOP}:93 in broken_report",
+            f"fix: {_hints.SQL.render()}",
+        ],
+    ),
+    ("test_fixed_sync_session_in_async_def", None),
+    (
+        "test_broken_slow_file_read",
+        [
+            f"{BLOCKED}{SHOP}:106 in broken_export",
+            f"fix: {_hints.FILE.render()}",
+        ],
+    ),
+    ("test_fixed_slow_file_read", None),
+    (
+        "test_broken_cpu_heavy_route",
+        [
+            f"{BLOCKED}{SHOP}:58 in <genexpr>",
+            "fix: CPU-bound work holds the loop — use `await asyncio.to_thread(compute)`*",
+            "wall * s, CPU * s: CPU-bound",
+        ],
+    ),
+    ("test_fixed_cpu_heavy_route", None),
+    (
+        "test_broken_sync_engine_in_route",
+        [
+            "SyncEngineOnLoopError: sync Engine * used on the event-loop thread at "
+            f"{SHOP}:134 in broken_users: its connect and every query block the loop",
+            'fix: `create_async_engine("postgresql+asyncpg://...")`*',
+        ],
+    ),
+    ("test_fixed_sync_engine_in_route", None),
+    (
+        "test_broken_lazy_loaded_relationship",
+        [
+            f"LazyLoadError: lazy load of User.posts on User(id=1) at {SHOP}:148 in broken_posts*",
+            "fix: load it in the query — `select(User).options(selectinload(User.posts))`*",
+        ],
+    ),
+    ("test_fixed_lazy_loaded_relationship", None),
+    (
+        "test_broken_attribute_expired_by_commit",
+        [
+            "LazyLoadError: User.name on User(id=2) was expired (by `await session.commit()` or "
+            f"`session.expire()`) and reading it at {SHOP}:165 in broken_rename*",
+            "fix: `async_sessionmaker(..., expire_on_commit=False)`, or "
+            "`await session.refresh(user)` before reading it",
+        ],
+    ),
+    ("test_fixed_attribute_expired_by_commit", None),
+    (
+        "test_broken_detached_instance",
+        [
+            "DetachedAccessError: User.name read at fastapi_sqlalchemy/test_pitfalls.py:86 in "
+            "test_broken_detached_instance after its session closed or expunged it*",
+            "fix: use it inside `async with session:`*",
+        ],
+    ),
+    ("test_fixed_detached_instance", None),
+    (
+        "test_broken_profile_loop",
+        [
+            f"{BLOCKED}fastapi_sqlalchemy/test_pitfalls.py:95 in blocking_route_simulation",
+            "    time.sleep(0.3)  # this blocks the entire event loop",
+            SLEEP_FIX,
+        ],
+    ),
+    ("test_fixed_profile_loop", None),
+    ("test_allowed_blocking_is_recorded_not_failed", None),
+    ("test_per_test_threshold", None),
+]
+
+
+@pytest.fixture
+def examples(pytester: pytest.Pytester, db_url: str, monkeypatch: pytest.MonkeyPatch) -> Path:
+    shutil.copytree(EXAMPLES, pytester.path / "conftest_examples")
+    if "postgresql" in db_url:
+        monkeypatch.setenv("DATABASE_URL", db_url)
+    monkeypatch.setenv("COLUMNS", "300")
+    return pytester.path / "conftest_examples"
+
+
+def run_examples(pytester: pytest.Pytester, *args: str) -> pytest.RunResult:
+    plugins = ("-p", "pytest_loopguard", "-p", "asyncio", "-p", "no:cacheprovider")
+    return pytester.runpytest_subprocess(*plugins, "-v", *args)
+
+
+def test_fastapi_sqlalchemy_example(pytester: pytest.Pytester, examples: Path) -> None:
+    result = run_examples(pytester, "conftest_examples/fastapi_sqlalchemy")
+    broken = [name for name, lines in PITFALLS if lines]
+    result.assert_outcomes(failed=len(broken), passed=len(PITFALLS) - len(broken))
+    for name, lines in PITFALLS:
+        verdict = "FAILED" if lines else "PASSED"
+        result.stdout.fnmatch_lines([f"*test_pitfalls.py::{name} {verdict}*"])
+    expected = [line for _, lines in PITFALLS if lines for line in lines]
+    result.stdout.fnmatch_lines(expected)
+
+
+def test_quickstart_example(pytester: pytest.Pytester, examples: Path) -> None:
+    result = run_examples(pytester, "conftest_examples/quickstart")
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines(
+        [
+            f"{BLOCKED}quickstart/test_users.py:11 in list_users",
+            "    time.sleep(0.3)  # a sync call in an async route: every other request waits",
+            SLEEP_FIX,
+            "wall * s, CPU * s: waiting (not on the CPU)",
+            "stack while blocked (most recent call last):",
+            "  quickstart/test_users.py:18 in test_list_users",
+        ]
+    )
