@@ -13,7 +13,8 @@ from pytest_loopguard import _hints
 EXAMPLES = Path(__file__).parent.parent / "conftest_examples"
 SLEEP_FIX = "fix: time.sleep blocks every request — use `await asyncio.sleep(...)`"
 BLOCKED = "LoopBlockedError: event loop blocked for * s (threshold 0.10 s) at "
-SHOP = "fastapi_sqlalchemy/shop.py"
+SHOP = "conftest_examples/fastapi_sqlalchemy/shop.py"
+PITS = "conftest_examples/fastapi_sqlalchemy/test_pitfalls.py"
 
 # (test name, key lines of its failure) in file order; a None entry is a fixed twin that passes.
 PITFALLS = [
@@ -86,7 +87,7 @@ PITFALLS = [
     (
         "test_broken_detached_instance",
         [
-            "DetachedAccessError: User.name read at fastapi_sqlalchemy/test_pitfalls.py:86 in "
+            f"DetachedAccessError: User.name read at {PITS}:86 in "
             "test_broken_detached_instance after its session closed or expunged it*",
             "fix: use it inside `async with session:`*",
         ],
@@ -95,7 +96,7 @@ PITFALLS = [
     (
         "test_broken_profile_loop",
         [
-            f"{BLOCKED}fastapi_sqlalchemy/test_pitfalls.py:95 in blocking_route_simulation",
+            f"{BLOCKED}{PITS}:95 in blocking_route_simulation",
             "    time.sleep(0.3)  # this blocks the entire event loop",
             SLEEP_FIX,
         ],
@@ -136,11 +137,11 @@ def test_quickstart_example(pytester: pytest.Pytester, examples: Path) -> None:
     result.assert_outcomes(failed=1)
     result.stdout.fnmatch_lines(
         [
-            f"{BLOCKED}quickstart/test_users.py:11 in list_users",
+            f"{BLOCKED}conftest_examples/quickstart/test_users.py:11 in list_users",
             "    time.sleep(0.3)  # a sync call in an async route: every other request waits",
             SLEEP_FIX,
             "wall * s, CPU * s: waiting (not on the CPU)",
             "stack while blocked (most recent call last):",
-            "  quickstart/test_users.py:18 in test_list_users",
+            "  conftest_examples/quickstart/test_users.py:18 in test_list_users",
         ]
     )

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Generator, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Protocol
 
 import pytest
@@ -77,6 +78,11 @@ def _use_sqlalchemy_guard(item: pytest.Function) -> None:
         item.fixturenames.insert(0, "loopguard_sqlalchemy")
 
 
+def _where(config: pytest.Config) -> Path:
+    # Locations relative to where pytest was started, like pytest's own summary lines.
+    return config.invocation_params.dir
+
+
 def _item_settings(item: pytest.Item) -> Settings:
     if _ITEM_SETTINGS not in item.stash:
         item.stash[_ITEM_SETTINGS] = _settings.for_item(item, item.config.stash[SETTINGS_KEY])
@@ -121,7 +127,7 @@ def _run_phase(item: pytest.Item, phase: str) -> Generator[None, object, object]
     result = yield
     failing = _failing(item, _phase_events(item, phase))
     if failing:
-        raise LoopBlockedError(render(failing, item.config.rootpath), worst_first(failing))
+        raise LoopBlockedError(render(failing, _where(item.config)), worst_first(failing))
     return result
 
 
@@ -219,7 +225,7 @@ def pytest_runtest_makereport(
     if hint is not None:
         report.sections.append(("hint (pytest-loopguard)", hint))
     if isinstance(error, LoopBlockedError):
-        summary = headline(error.events[0], item.config.rootpath)
+        summary = headline(error.events[0], _where(item.config))
         report.longrepr = _MessageRepr(str(error), f"LoopBlockedError: {summary}")  # type: ignore[assignment]
         return report
     if error is not None and type(error).__name__ in _hints.OURS:
@@ -228,7 +234,7 @@ def pytest_runtest_makereport(
         report.longrepr = _MessageRepr(text, text.splitlines()[0])  # type: ignore[assignment]
     failing = _failing(item, _phase_events(item, call.when))
     if failing and report.failed:
-        report.sections.append((_SECTION, render(failing, item.config.rootpath)))
+        report.sections.append((_SECTION, render(failing, _where(item.config))))
     return report
 
 
@@ -287,7 +293,7 @@ def loopguard_sqlalchemy_fixture(request: pytest.FixtureRequest) -> Iterator[obj
     if request.node.get_closest_marker("allow_lazy_loads") is not None:
         yield None
         return
-    with guards.SQLAlchemyGuard(root=str(request.config.rootpath)) as guard:
+    with guards.SQLAlchemyGuard(root=str(_where(request.config))) as guard:
         yield guard
     errors = [violation.error for violation in guard.violations]
     if errors and isinstance(request.node, pytest.Item) and _swallowed(request.node, errors):
@@ -304,7 +310,7 @@ def loopguard_sessionmaker_fixture(
 
     def strict(factory: object) -> object:
         __tracebackhide__ = True
-        made.append(guards.StrictSessionFactory(factory, str(request.config.rootpath)))
+        made.append(guards.StrictSessionFactory(factory, str(_where(request.config))))
         return made[-1]
 
     yield strict
