@@ -100,7 +100,7 @@ class _Block:
     armed: bool = False
     gc_at_start: float = 0.0
     cpu_since: float = 0.0
-    importing: int = 0
+    importing: float = 0.0  # seconds of the block spent in first imports
     counts: Counter[tuple[CodeType, int]] = field(default_factory=Counter)
     examples: dict[tuple[CodeType, int], _Sample] = field(default_factory=dict)
 
@@ -341,26 +341,28 @@ class LoopGuard:
         return block
 
     def _observe(self, watched: _Watched, block: _Block, top: FrameType | None, now: float) -> None:
+        since = now - max(block.last_seen if block.counts else block.start, block.start)
         block.last_seen = now
         block.armed = now - block.start >= self._threshold / 2
         block.cpu_last = _read(watched.cpu_clock)
         if self._allow_depth.get(watched.ident, 0) > 0:
             block.allowed = True
-        self._sample(block, top)
+        if self._sample(block, top):
+            block.importing += since
 
-    def _sample(self, block: _Block, top: FrameType | None) -> None:
+    def _sample(self, block: _Block, top: FrameType | None) -> bool:
+        """Count the line the loop thread is on; True when it is inside a first import."""
         stack = current_stack(top, _RUN_CODE)
         user = next((i for i, (f, _) in enumerate(stack) if self._filter.is_user(f)), None)
         index = user if user is not None else 0
         if not stack:
-            return
+            return False
         frame, lineno = stack[index]
         key = (frame.f_code, lineno)
         block.counts[key] += 1
-        if any(f.f_code.co_filename.startswith(_IMPORT_MACHINERY) for f, _ in stack):
-            block.importing += 1
         if key not in block.examples:
             block.examples[key] = self._resolve(stack, user)
+        return any(f.f_code.co_filename.startswith(_IMPORT_MACHINERY) for f, _ in stack)
 
     def _resolve(self, stack: list[tuple[FrameType, int]], user: int | None) -> _Sample:
         # The user's frames make the trace; the modules the innermost of them called pick the hint.
@@ -380,9 +382,9 @@ class LoopGuard:
             return
         end = (block.last_seen + now) / 2
         end -= self._gc_time - block.gc_at_start
-        # A first import runs once per process, not per request: its share of the samples is
-        # left out, like garbage collection (an import-heavy fixture is not a bug to fix).
-        end -= (end - block.start) * block.importing / sum(block.counts.values())
+        # A first import runs once per process, not per request: the time the looks found it
+        # importing is left out, like garbage collection (an import is not a bug to fix).
+        end -= block.importing
         if end - block.start >= self._threshold:
             self._events.append(self._event(watched, block, end))
 
