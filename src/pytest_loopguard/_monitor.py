@@ -20,7 +20,7 @@ import math
 import sys
 import threading
 import time
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -98,7 +98,6 @@ class _Block:
     fixture: str | None
     allowed: bool = False
     armed: bool = False
-    gc_at_start: float = 0.0
     cpu_since: float = 0.0
     importing: float = 0.0  # seconds of the block spent in first imports
     counts: Counter[tuple[CodeType, int]] = field(default_factory=Counter)
@@ -114,7 +113,6 @@ class _Watched:
     cpu_clock: Callable[[], float] | None
     last_poll: float
     cpu_at_poll: float | None = None
-    gc_at_poll: float = 0.0
     depth: int = 1
     block: _Block | None = None
     loop_debug: list[tuple[asyncio.AbstractEventLoop, bool, float]] = field(default_factory=list)
@@ -144,7 +142,8 @@ class LoopGuard:
         self._thread: threading.Thread | None = None
         self._active = False
         self._stopping = False
-        self._gc_time = 0.0
+        # Recent collections per thread (a collection stalls only its own thread's loop).
+        self._gc_spans: dict[int, deque[tuple[float, float]]] = {}
         self._gc_started: float | None = None
 
     @property
@@ -236,7 +235,8 @@ class LoopGuard:
         if phase == "start":
             self._gc_started = _clock()
         elif self._gc_started is not None:
-            self._gc_time += _clock() - self._gc_started
+            spans = self._gc_spans.setdefault(threading.get_ident(), deque(maxlen=256))
+            spans.append((self._gc_started, _clock()))
             self._gc_started = None
 
     # -- called on the loop thread by the run_forever wrapper ----------------------------
@@ -321,7 +321,7 @@ class LoopGuard:
                 if watched.block is None:
                     watched.block = self._open(watched, run_frame, now)
                 self._observe(watched, watched.block, top, now)
-            watched.last_poll, watched.gc_at_poll = now, self._gc_time
+            watched.last_poll = now
             watched.cpu_at_poll = _read(watched.cpu_clock)
         del frames
 
@@ -337,7 +337,7 @@ class LoopGuard:
         cpu = watched.cpu_at_poll
         start = _start_estimate(run_frame, watched.last_poll, now)
         block = _Block(run_frame, start, now, cpu, cpu, self._phase, self._fixture)
-        block.gc_at_start, block.cpu_since = watched.gc_at_poll, watched.last_poll
+        block.cpu_since = watched.last_poll
         return block
 
     def _observe(self, watched: _Watched, block: _Block, top: FrameType | None, now: float) -> None:
@@ -381,12 +381,17 @@ class LoopGuard:
             # select() and takes it straight back can keep this watchdog waiting for it.
             return
         end = (block.last_seen + now) / 2
-        end -= self._gc_time - block.gc_at_start
+        end -= self._collecting(watched.ident, block.start, end)
         # A first import runs once per process, not per request: the time the looks found it
         # importing is left out, like garbage collection (an import is not a bug to fix).
         end -= block.importing
         if end - block.start >= self._threshold:
             self._events.append(self._event(watched, block, end))
+
+    def _collecting(self, ident: int, start: float, end: float) -> float:
+        """Seconds of garbage collection on thread ``ident`` between ``start`` and ``end``."""
+        spans = self._gc_spans.get(ident, ())
+        return sum(max(0.0, min(b, end) - max(a, start)) for a, b in spans)
 
     def _event(self, watched: _Watched, block: _Block, end: float) -> BlockEvent:
         duration = end - block.start
