@@ -23,9 +23,8 @@ import time
 from collections import Counter, deque
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from types import CodeType, FrameType, TracebackType
-from typing import Any
 
 from . import _hints
 from ._frames import FrameFilter, FrameInfo, RawFrame, current_stack, raw, resolve
@@ -165,10 +164,6 @@ class LoopGuard:
             self._settle(watched, _find_run_frame(sys._getframe()), _clock())
 
     @property
-    def active(self) -> bool:
-        return self._active
-
-    @property
     def context(self) -> tuple[str | None, str | None]:
         """The (phase, fixture) label that new blocks get."""
         return self._phase, self._fixture
@@ -183,7 +178,7 @@ class LoopGuard:
         with self._cond:
             for i in range(since, len(self._events)):
                 if self._events[i].fixture is None:
-                    self._events[i] = _replace(self._events[i], fixture=fixture)
+                    self._events[i] = replace(self._events[i], fixture=fixture)
 
     @contextmanager
     def allow(self) -> Iterator[None]:
@@ -457,12 +452,6 @@ def _find_run_frame(top: FrameType | None) -> FrameType | None:
             return frame
         frame = frame.f_back
     return None
-
-
-def _replace(event: BlockEvent, **changes: Any) -> BlockEvent:
-    from dataclasses import replace
-
-    return replace(event, **changes)
 
 
 class _Registry:
