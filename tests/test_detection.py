@@ -356,3 +356,59 @@ def test_asyncio_run_in_a_sync_test_is_watched(pytester: pytest.Pytester) -> Non
     result = run(pytester)
     result.assert_outcomes(failed=1)
     assert_blocked(result, "*.py:4 in main", "time.sleep(0.3)", SLEEP_FIX)
+
+
+def test_fastapi_testclient_from_a_sync_test(pytester: pytest.Pytester) -> None:
+    """Most FastAPI suites use the sync TestClient, which runs the app's loop in a portal
+    thread: an async route that blocks it is caught; a def route (run in a worker thread by
+    FastAPI) that sleeps is not a block."""
+    pytester.makepyfile(
+        """
+        import time
+        from fastapi import FastAPI
+        from fastapi.testclient import TestClient
+
+        app = FastAPI()
+
+        @app.get("/async-blocks")
+        async def async_blocks():
+            time.sleep(0.3)
+            return {}
+
+        @app.get("/def-sleeps")
+        def def_sleeps():
+            time.sleep(0.3)
+            return {}
+
+        def test_async_route_blocks():
+            with TestClient(app) as client:
+                assert client.get("/async-blocks").status_code == 200
+
+        def test_def_route_runs_in_a_thread():
+            with TestClient(app) as client:
+                assert client.get("/def-sleeps").status_code == 200
+        """
+    )
+    # Starlette may warn about which httpx its TestClient uses: not what this test is about.
+    result = run(pytester, "-W", "ignore::UserWarning")
+    result.assert_outcomes(failed=1, passed=1)
+    assert_blocked(result, "*.py:9 in async_blocks", "time.sleep(0.3)", SLEEP_FIX)
+    result.stdout.fnmatch_lines(["FAILED *::test_async_route_blocks - LoopBlockedError*"])
+
+
+def test_unittest_isolated_asyncio_test_case(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(
+        """
+        import asyncio, time, unittest
+
+        class TestService(unittest.IsolatedAsyncioTestCase):
+            async def test_blocks(self):
+                time.sleep(0.3)
+
+            async def test_clean(self):
+                await asyncio.sleep(0.3)
+        """
+    )
+    result = run(pytester, mode="strict")
+    result.assert_outcomes(failed=1, passed=1)
+    assert_blocked(result, "*.py:5 in test_blocks", "time.sleep(0.3)", SLEEP_FIX)
