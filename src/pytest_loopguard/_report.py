@@ -31,7 +31,8 @@ def worst_first(events: Sequence[BlockEvent]) -> list[BlockEvent]:
     return sorted(events, key=lambda e: e.duration, reverse=True)
 
 
-def _path(filename: str, root: Path | None) -> str:
+def relative(filename: str, root: Path | None) -> str:
+    """``filename`` relative to ``root`` when it lies below it, else as it is."""
     if root is None:
         return filename
     try:
@@ -44,7 +45,7 @@ def _path(filename: str, root: Path | None) -> str:
 def _where(frame: FrameInfo | None, root: Path | None) -> str:
     if frame is None:
         return "an unknown location (no Python frame was sampled)"
-    return f"{_path(frame.filename, root)}:{frame.lineno} in {frame.function}"
+    return f"{relative(frame.filename, root)}:{frame.lineno} in {frame.function}"
 
 
 def _during(event: BlockEvent) -> str:
@@ -79,7 +80,7 @@ def _stack_lines(event: BlockEvent, root: Path | None) -> list[str]:
     frames = unique[-MAX_STACK_LINES // 2 :]
     lines = ["stack while blocked (most recent call last):"]
     for frame in frames:
-        lines.append(f"  {_path(frame.filename, root)}:{frame.lineno} in {frame.function}")
+        lines.append(f"  {relative(frame.filename, root)}:{frame.lineno} in {frame.function}")
         if frame.line:
             lines.append(f"    {frame.line}")
     return lines

@@ -18,6 +18,11 @@ DEBUG_HELP = (
     "Also turn on asyncio's debug mode on every loop under test, with slow_callback_duration "
     "set to the threshold (slow: about 7x on a callback-heavy suite; default off)."
 )
+MODES = ("fail", "warn")
+MODE_HELP = (
+    "What a block does to its test: 'fail' it (default), or 'warn' — the test keeps its own "
+    "outcome and each block becomes a PytestWarning, for adopting the plugin gradually."
+)
 SQLALCHEMY_HELP = (
     "Make the loopguard_sqlalchemy fixture active for every test: lazy loads and sync engines "
     "on the event loop fail early with the fix (true/false; default false)."
@@ -46,6 +51,7 @@ class Settings:
     threshold_source: str = "default"
     debug: bool = False
     guard_sqlalchemy: bool = False
+    mode: str = "fail"
     allow_blocking: bool = False
     allow_reason: str | None = None
 
@@ -102,7 +108,25 @@ def resolve(config: pytest.Config) -> Settings:
     guard_sqlalchemy = parse_bool(
         config.getini("loop_guard_sqlalchemy"), "ini loop_guard_sqlalchemy"
     )
-    return Settings(threshold, source, _debug(config), guard_sqlalchemy)
+    return Settings(threshold, source, _debug(config), guard_sqlalchemy, _mode(config))
+
+
+def parse_mode(raw: object, source: str) -> str:
+    """fail or warn, or a UsageError naming the value, its source and the valid values."""
+    value = str(raw).strip().lower()
+    if value not in MODES:
+        raise pytest.UsageError(
+            f"pytest-loopguard: {raw!r} from {source} is not a valid loop_block_mode: "
+            f"expected one of {', '.join(MODES)}"
+        )
+    return value
+
+
+def _mode(config: pytest.Config) -> str:
+    cli = config.getoption("loop_block_mode")
+    if cli is not None:
+        return parse_mode(cli, "--loop-block-mode")
+    return parse_mode(config.getini("loop_block_mode") or "fail", "ini loop_block_mode")
 
 
 def _threshold_marker(seconds: Any) -> Any:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Generator, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -11,8 +12,9 @@ from typing import Any, Protocol
 import pytest
 
 from . import _hints, _settings
+from ._frames import FrameInfo
 from ._monitor import BlockEvent, LoopGuard
-from ._report import LoopBlockedError, headline, render, worst_first
+from ._report import LoopBlockedError, describe, headline, relative, render, worst_first
 from ._settings import SETTINGS_KEY, Settings
 
 _GUARD = pytest.StashKey[LoopGuard]()
@@ -40,7 +42,15 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         default=None,
         help=_settings.DEBUG_HELP,
     )
+    group.addoption(
+        "--loop-block-mode",
+        dest="loop_block_mode",
+        default=None,
+        metavar="fail|warn",
+        help=_settings.MODE_HELP,
+    )
     parser.addini("loop_block_threshold", _settings.THRESHOLD_HELP, default="")
+    parser.addini("loop_block_mode", _settings.MODE_HELP, default="fail")
     parser.addini("loop_debug", _settings.DEBUG_HELP, default="false")
     parser.addini("loop_guard_sqlalchemy", _settings.SQLALCHEMY_HELP, default="false")
 
@@ -126,9 +136,20 @@ def _run_phase(item: pytest.Item, phase: str) -> Generator[None, object, object]
         guard.set_context(phase)
     result = yield
     failing = _failing(item, _phase_events(item, phase))
-    if failing:
+    if failing and _item_settings(item).mode == "warn":
+        _warn(item, failing)
+    elif failing:
         raise LoopBlockedError(render(failing, _where(item.config)), worst_first(failing))
     return result
+
+
+def _warn(item: pytest.Item, events: list[BlockEvent]) -> None:
+    # Attributed to the blocking line, so pytest's warnings summary points at the user's code.
+    for event in worst_first(events):
+        text = "\n".join(describe(event, _where(item.config)))
+        where = event.frame or FrameInfo(item.nodeid, 0, "", "", "")
+        filename = relative(where.filename, _where(item.config))
+        warnings.warn_explicit(pytest.PytestWarning(text), None, filename, where.lineno)
 
 
 @pytest.hookimpl(wrapper=True)
@@ -221,6 +242,13 @@ def pytest_runtest_makereport(
     error = call.excinfo.value if call.excinfo is not None else None
     if call.when == "call":
         item.stash[_CALL_ERROR] = error
+    blocks = _phase_events(item, call.when)
+    if blocks:
+        # Plain data on the report: it reaches the terminal summary, also from xdist workers.
+        allowed = _item_settings(item).allow_blocking
+        report.loopguard_blocks = [  # type: ignore[attr-defined]
+            _as_dict(event, allowed, _where(item.config)) for event in blocks
+        ]
     hint = _hints.for_error(error) if report.failed and error is not None else None
     if hint is not None:
         report.sections.append(("hint (pytest-loopguard)", hint))
@@ -236,6 +264,46 @@ def pytest_runtest_makereport(
     if failing and report.failed:
         report.sections.append((_SECTION, render(failing, _where(item.config))))
     return report
+
+
+def _as_dict(event: BlockEvent, allowed: bool, root: Path) -> dict[str, object]:
+    return {
+        "duration": round(event.duration, 4),
+        "where": headline(event, root).split(" at ", 1)[1],
+        "phase": event.phase,
+        "fixture": event.fixture,
+        "allowed": allowed or event.allowed,
+    }
+
+
+def _summary_rows(reporter: pytest.TerminalReporter) -> list[tuple[str, dict[str, object]]]:
+    rows = []
+    for reports in reporter.stats.values():
+        for report in reports:
+            for block in getattr(report, "loopguard_blocks", ()):
+                rows.append((str(report.nodeid), block))
+    return rows
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    """After the run: how many blocks in how many tests, and the worst ten."""
+    rows = _summary_rows(terminalreporter)
+    if not rows or terminalreporter.config.get_verbosity() < -1:
+        return  # like pytest's own sections: shown with -q, not with -qq
+    counted = [(nodeid, b) for nodeid, b in rows if not b["allowed"]]
+    tests = len({nodeid for nodeid, _ in counted})
+    allowed = len(rows) - len(counted)
+    terminalreporter.write_sep("=", "pytest-loopguard: event loop blocks")
+    terminalreporter.write_line(
+        f"{len(counted)} block(s) in {tests} test(s); {allowed} allowed block(s) not counted"
+    )
+    for nodeid, block in sorted(counted, key=lambda r: -float(str(r[1]["duration"])))[:10]:
+        phase = (
+            block["phase"] if not block["fixture"] else f"{block['phase']} of {block['fixture']}"
+        )
+        terminalreporter.write_line(
+            f"{float(str(block['duration'])):6.2f} s  {block['where']}  [{phase}]  {nodeid}"
+        )
 
 
 class LoopguardFixture:
