@@ -1,6 +1,8 @@
 """Overhead of pytest-loopguard on a callback-heavy async suite: plugin off vs on, interleaved.
 
     python bench/overhead.py [--rounds 5] [--tests 300] [--sleeps 3000] [--debug-rounds 1]
+    python bench/overhead.py --extra "-n 2"                        # under pytest-xdist
+    python bench/overhead.py --on-extra=--loop-block-report=r.json  # with the JSON report
 
 Generates a suite of async tests, each awaiting ``asyncio.sleep(0)`` many times and sending one
 request to a small FastAPI app through ``httpx.ASGITransport``; runs it with the plugin off
@@ -110,12 +112,14 @@ def main() -> None:
     parser.add_argument("--sleeps", type=int, default=3000)
     parser.add_argument("--debug-rounds", type=int, default=1, help="0 skips --loop-debug")
     parser.add_argument("--extra", default="", help="extra pytest args for every config")
+    parser.add_argument("--on-extra", default="", help="extra pytest args with the plugin on")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         make_suite(root, args.tests, args.sleeps)
         extra = args.extra.split()
         configs = {name: [*flags, *extra] for name, flags in CONFIGS.items()}
+        configs["on"] += args.on_extra.split()
         print(f"{args.tests} tests x {args.sleeps} sleep(0) + 1 ASGI request; {args.rounds} rounds")
         report(measure(root, configs, args.rounds))
         if args.debug_rounds:

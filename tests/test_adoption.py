@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from conftest import ASYNCIO, run, write_ini
@@ -90,3 +92,150 @@ def test_summary_is_silent_without_blocks_and_with_qq(pytester: pytest.Pytester)
     pytester.makepyfile(test_suite=SUITE)
     result = run(pytester, "-qq")
     result.stdout.no_fnmatch_line("*event loop blocks*")
+
+
+def _schema() -> dict[str, object]:
+    import importlib.resources
+    import json
+
+    text = (importlib.resources.files("pytest_loopguard") / "report.schema.json").read_text()
+    return dict(json.loads(text))
+
+
+def _report(path: Path) -> dict[str, object]:
+    import json
+
+    import jsonschema
+
+    document = json.loads(path.read_text())
+    jsonschema.validate(document, _schema())
+    return dict(document)
+
+
+def test_json_report_matches_its_schema(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(test_suite=SUITE)
+    write_ini(pytester, "auto", "loop_block_report = blocks.json")
+    result = pytester.runpytest(*ASYNCIO)
+    result.assert_outcomes(failed=2, passed=2)
+    document = _report(pytester.path / "blocks.json")
+    assert (document["schema"], document["version"], document["mode"]) == (
+        "pytest-loopguard/report",
+        1,
+        "fail",
+    )
+    blocks = document["blocks"]
+    assert isinstance(blocks, list)
+    rows = {(b["nodeid"], b["phase"], b["verdict"], b["location"]["line"]) for b in blocks}
+    assert rows == {
+        ("test_suite.py::test_allowed", "call", "allowed", 11),
+        ("test_suite.py::test_blocks_long", "call", "failed", 4),
+        ("test_suite.py::test_blocks_short", "call", "failed", 7),
+    }
+    [long] = [b for b in blocks if b["nodeid"].endswith("long")]
+    assert long["hint"]["key"] == "sleep"
+    assert long["stack"][-1]["source"] == "time.sleep(0.35)"
+
+
+@pytest.mark.parametrize(
+    ("args", "extra", "source"),
+    [
+        (["--loop-block-report=missing/dir/blocks.json"], "", "--loop-block-report"),
+        ([], "loop_block_report = missing/dir/blocks.json", "ini loop_block_report"),
+    ],
+)
+def test_unwritable_report_path_fails_at_start(
+    pytester: pytest.Pytester, args: list[str], extra: str, source: str
+) -> None:
+    pytester.makepyfile("def test_x(): pass")
+    write_ini(pytester, "auto", extra)
+    result = pytester.runpytest(*ASYNCIO, *args)
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(
+        [
+            f"ERROR: pytest-loopguard: cannot write the block report to 'missing/dir/blocks.json' "
+            f"from {source}: expected a file path in an existing, writable folder"
+        ]
+    )
+    result.stdout.no_fnmatch_line("*collected*")
+
+
+def _comparable(document: dict[str, object]) -> list[tuple[object, ...]]:
+    blocks = document["blocks"]
+    assert isinstance(blocks, list)
+    return sorted((b["nodeid"], b["phase"], b["verdict"], str(b["location"])) for b in blocks)
+
+
+def test_xdist_run_equals_serial_run(pytester: pytest.Pytester) -> None:
+    pytest.importorskip("xdist")
+    pytester.makepyfile(test_suite=SUITE, test_more=SUITE.replace("0.35", "0.25"))
+    write_ini(pytester)
+    runs = {}
+    for name, extra in (("serial", []), ("xdist", ["-p", "xdist", "-n", "2"])):
+        result = pytester.runpytest_subprocess(
+            *ASYNCIO, "--asyncio-mode=auto", f"--loop-block-report={name}.json", *extra
+        )
+        result.assert_outcomes(failed=4, passed=4)
+        summary = [line for line in result.outlines if " s  test_" in line]
+        runs[name] = (sorted(s.split(" s  ", 1)[1] for s in summary), result.outlines)
+        result.stdout.fnmatch_lines(["4 block(s) in 4 test(s); 2 allowed block(s) not counted"])
+    assert runs["serial"][0] == runs["xdist"][0]
+    serial = _comparable(_report(pytester.path / "serial.json"))
+    assert serial == _comparable(_report(pytester.path / "xdist.json"))
+    assert len(serial) == 6
+
+
+VENDOR = """
+import time
+
+def warm_up():
+    time.sleep(0.2)
+
+def fetch():
+    time.sleep(0.2)
+"""
+
+USES_VENDOR = """
+import vendor_sdk
+
+async def test_warm_up():
+    vendor_sdk.warm_up()
+
+async def test_fetch():
+    vendor_sdk.fetch()
+"""
+
+
+@pytest.mark.parametrize(
+    ("entry", "passed"),
+    [
+        ("vendor_sdk", ["test_warm_up", "test_fetch"]),
+        ("vendor_sdk:warm_up", ["test_warm_up"]),
+        ("*/vendor_sdk.py", ["test_warm_up", "test_fetch"]),
+        ("other_module", []),
+    ],
+)
+def test_allowlist_entries(pytester: pytest.Pytester, entry: str, passed: list[str]) -> None:
+    pytester.makepyfile(vendor_sdk=VENDOR, test_vendor=USES_VENDOR)
+    pytester.syspathinsert()
+    write_ini(pytester, "auto", f"loop_block_allow =\n    {entry}")
+    result = pytester.runpytest(*ASYNCIO, "-v")
+    result.assert_outcomes(passed=len(passed), failed=2 - len(passed))
+    for name in ("test_warm_up", "test_fetch"):
+        verdict = "PASSED" if name in passed else "FAILED"
+        result.stdout.fnmatch_lines([f"test_vendor.py::{name} {verdict}*"])
+    if passed:
+        result.stdout.fnmatch_lines([f"* {len(passed)} allowed block(s) not counted"])
+
+
+@pytest.mark.parametrize("line", ["not a module", "pkg:", "pkg:fn:x", "1pkg"])
+def test_malformed_allowlist_line_is_a_usage_error(pytester: pytest.Pytester, line: str) -> None:
+    pytester.makepyfile("def test_x(): pass")
+    write_ini(pytester, "auto", f"loop_block_allow =\n    {line}")
+    result = pytester.runpytest(*ASYNCIO)
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(
+        [
+            f"ERROR: pytest-loopguard: {line!r} in ini loop_block_allow is not a valid entry: "
+            "expected a module (pkg.mod), a module:function (pkg.mod:func) or a path glob (*/pkg/*)"
+        ]
+    )

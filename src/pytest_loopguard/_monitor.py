@@ -52,6 +52,8 @@ class BlockEvent:
     fixture: str | None = None
     thread: str = ""
     samples: int = 0
+    # Every frame of the sample that located the block, innermost first: (module, function, file).
+    through: tuple[tuple[str, str, str], ...] = ()
 
     @property
     def cpu_bound(self) -> bool | None:
@@ -80,8 +82,10 @@ def _read(clock: Callable[[], float] | None) -> float | None:
         return None
 
 
-# One resolved sample: the blocking user frame, the user stack, the modules that frame called.
-_Sample = tuple[RawFrame, tuple[RawFrame, ...], tuple[str, ...]]
+Through = tuple[str, str, str]  # module, function, file of one frame
+# One resolved sample: the blocking user frame, the user stack, the modules that frame called,
+# and every frame of it (what allowlists match).
+_Sample = tuple[RawFrame, tuple[RawFrame, ...], tuple[str, ...], tuple[Through, ...]]
 
 
 @dataclass
@@ -362,10 +366,10 @@ class LoopGuard:
     def _resolve(self, stack: list[tuple[FrameType, int]], user: int | None) -> _Sample:
         # The user's frames make the trace; the modules the innermost of them called pick the hint.
         if user is None:
-            return raw(*stack[0]), (), ()
+            return raw(*stack[0]), (), (), _through(stack)
         callees = tuple(str(f.f_globals.get("__name__", "")) for f, _ in reversed(stack[:user]))
         users = [raw(f, n) for f, n in stack[user:] if self._filter.is_user(f)]
-        return users[0], tuple(reversed(users)), callees
+        return users[0], tuple(reversed(users)), callees, _through(stack)
 
     def _close(self, watched: _Watched, now: float) -> None:
         """End the block of ``watched``: it was last seen running, and is gone at ``now``."""
@@ -391,7 +395,7 @@ class LoopGuard:
     def _event(self, watched: _Watched, block: _Block, end: float) -> BlockEvent:
         duration = end - block.start
         ((key, _),) = block.counts.most_common(1)
-        top, users, callees = block.examples[key]
+        top, users, callees, through = block.examples[key]
         frame, stack = resolve(top), tuple(resolve(f) for f in users)
         cpu_time = _cpu_time(block, duration)
         ratio = None if cpu_time is None else cpu_time / duration
@@ -408,6 +412,7 @@ class LoopGuard:
             fixture=block.fixture,
             thread=watched.name,
             samples=sum(block.counts.values()),
+            through=through,
         )
 
 
@@ -420,6 +425,13 @@ def _cpu_time(block: _Block, duration: float) -> float | None:
     if observed <= 0:
         return used
     return min(used * duration / observed, duration)
+
+
+def _through(stack: list[tuple[FrameType, int]]) -> tuple[Through, ...]:
+    return tuple(
+        (str(f.f_globals.get("__name__", "")), f.f_code.co_name, f.f_code.co_filename)
+        for f, _ in stack
+    )
 
 
 def _start_estimate(run_frame: FrameType, last_poll: float, now: float) -> float:

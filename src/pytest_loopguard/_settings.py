@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import fnmatch
 import math
+import os
+import re
 from dataclasses import dataclass, replace
 from typing import Any
 
 import pytest
+
+from ._monitor import BlockEvent
 
 DEFAULT_THRESHOLD = 0.1
 
@@ -22,6 +27,15 @@ MODES = ("fail", "warn")
 MODE_HELP = (
     "What a block does to its test: 'fail' it (default), or 'warn' — the test keeps its own "
     "outcome and each block becomes a PytestWarning, for adopting the plugin gradually."
+)
+REPORT_HELP = (
+    "Write every block of the run to this JSON file (schema pytest-loopguard/report, version 1; "
+    "see report.schema.json in the package)."
+)
+ALLOW_HELP = (
+    "Blocks whose stack runs through one of these are allowed (recorded, never failed): one per "
+    "line, a module ('ddtrace'), a module:function ('jinja2.environment:Environment.__init__' "
+    "or 'mylib.setup:warm_up'), or a path glob ('*/site-packages/botocore/*')."
 )
 SQLALCHEMY_HELP = (
     "Make the loopguard_sqlalchemy fixture active for every test: lazy loads and sync engines "
@@ -43,6 +57,46 @@ _TRUE = ("1", "true", "yes", "on")
 _FALSE = ("0", "false", "no", "off", "")
 
 
+_MODULE = re.compile(r"[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)*")
+_FUNCTION = re.compile(r"[A-Za-z_<][\w<>]*(\.[A-Za-z_<][\w<>]*)*")
+
+
+@dataclass(frozen=True)
+class AllowRule:
+    """One line of ``loop_block_allow``: a module, a module:function, or a path glob."""
+
+    module: str | None = None
+    function: str | None = None
+    glob: str | None = None
+
+    def matches(self, module: str, function: str, filename: str) -> bool:
+        if self.glob is not None:
+            return fnmatch.fnmatch(filename, self.glob)
+        assert self.module is not None
+        if module != self.module and not module.startswith(self.module + "."):
+            return False
+        return self.function is None or _function_matches(self.function, function)
+
+
+def _function_matches(rule: str, function: str) -> bool:
+    # Frames know a function's name, not its class: "Cls.method" matches a frame named "method".
+    return function == rule.rsplit(".", 1)[-1]
+
+
+def parse_allow(line: str) -> AllowRule:
+    """One allowlist line, or a UsageError naming it and the three valid forms."""
+    text = line.strip()
+    if "/" in text or "*" in text or text.endswith(".py"):
+        return AllowRule(glob=text)
+    module, colon, function = text.partition(":")
+    if _MODULE.fullmatch(module) and (not colon or _FUNCTION.fullmatch(function)):
+        return AllowRule(module=module, function=function or None)
+    raise pytest.UsageError(
+        f"pytest-loopguard: {line!r} in ini loop_block_allow is not a valid entry: expected a "
+        "module (pkg.mod), a module:function (pkg.mod:func) or a path glob (*/pkg/*)"
+    )
+
+
 @dataclass(frozen=True)
 class Settings:
     """What the plugin does for one session, or (after for_item) for one test."""
@@ -52,6 +106,8 @@ class Settings:
     debug: bool = False
     guard_sqlalchemy: bool = False
     mode: str = "fail"
+    report: str | None = None
+    allow: tuple[AllowRule, ...] = ()
     allow_blocking: bool = False
     allow_reason: str | None = None
 
@@ -108,7 +164,37 @@ def resolve(config: pytest.Config) -> Settings:
     guard_sqlalchemy = parse_bool(
         config.getini("loop_guard_sqlalchemy"), "ini loop_guard_sqlalchemy"
     )
-    return Settings(threshold, source, _debug(config), guard_sqlalchemy, _mode(config))
+    mode, report = _mode(config), _report(config)
+    allow = tuple(parse_allow(line) for line in config.getini("loop_block_allow") if line.strip())
+    return Settings(threshold, source, _debug(config), guard_sqlalchemy, mode, report, allow)
+
+
+def allows(settings: Settings, event: BlockEvent) -> bool:
+    """Whether a block is allowed: by a marker, by ``loopguard.allow()``, or by the allowlist."""
+    if settings.allow_blocking or event.allowed:
+        return True
+    return any(rule.matches(*frame) for frame in event.through for rule in settings.allow)
+
+
+def _report(config: pytest.Config) -> str | None:
+    """The JSON report's path, checked now: an unwritable one must not cost a whole run."""
+    cli = config.getoption("loop_block_report")
+    raw, source = (
+        (cli, "--loop-block-report")
+        if cli
+        else (config.getini("loop_block_report"), "ini loop_block_report")
+    )
+    if not raw:
+        return None
+    path = os.path.abspath(os.path.join(config.invocation_params.dir, str(raw)))
+    folder = os.path.dirname(path)
+    writable = os.access(path, os.W_OK) if os.path.exists(path) else os.access(folder, os.W_OK)
+    if not os.path.isdir(folder) or os.path.isdir(path) or not writable:
+        raise pytest.UsageError(
+            f"pytest-loopguard: cannot write the block report to {raw!r} from {source}: "
+            "expected a file path in an existing, writable folder"
+        )
+    return path
 
 
 def parse_mode(raw: object, source: str) -> str:

@@ -11,7 +11,7 @@ from typing import Any, Protocol
 
 import pytest
 
-from . import _hints, _settings
+from . import _hints, _settings, _summary
 from ._frames import FrameInfo
 from ._monitor import BlockEvent, LoopGuard
 from ._report import LoopBlockedError, describe, headline, relative, render, worst_first
@@ -50,7 +50,16 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         help=_settings.MODE_HELP,
     )
     parser.addini("loop_block_threshold", _settings.THRESHOLD_HELP, default="")
+    group.addoption(
+        "--loop-block-report",
+        dest="loop_block_report",
+        default=None,
+        metavar="PATH",
+        help=_settings.REPORT_HELP,
+    )
     parser.addini("loop_block_mode", _settings.MODE_HELP, default="fail")
+    parser.addini("loop_block_allow", _settings.ALLOW_HELP, type="linelist", default=[])
+    parser.addini("loop_block_report", _settings.REPORT_HELP, default="")
     parser.addini("loop_debug", _settings.DEBUG_HELP, default="false")
     parser.addini("loop_guard_sqlalchemy", _settings.SQLALCHEMY_HELP, default="false")
 
@@ -60,7 +69,8 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", _settings.THRESHOLD_MARKER)
     config.addinivalue_line("markers", _settings.ALLOW_MARKER)
     config.addinivalue_line("markers", _settings.LAZY_MARKER)
-    config.stash[SETTINGS_KEY] = _settings.resolve(config)
+    settings = config.stash[SETTINGS_KEY] = _settings.resolve(config)
+    config.pluginmanager.register(_summary.Collector(config, settings), "loopguard-summary")
 
 
 def pytest_report_header(config: pytest.Config) -> str:
@@ -124,9 +134,8 @@ def _phase_events(item: pytest.Item, phase: str) -> list[BlockEvent]:
 
 
 def _failing(item: pytest.Item, events: list[BlockEvent]) -> list[BlockEvent]:
-    if _item_settings(item).allow_blocking:
-        return []
-    return [e for e in events if not e.allowed]
+    settings = _item_settings(item)
+    return [e for e in events if not _settings.allows(settings, e)]
 
 
 def _run_phase(item: pytest.Item, phase: str) -> Generator[None, object, object]:
@@ -244,10 +253,10 @@ def pytest_runtest_makereport(
         item.stash[_CALL_ERROR] = error
     blocks = _phase_events(item, call.when)
     if blocks:
-        # Plain data on the report: it reaches the terminal summary, also from xdist workers.
-        allowed = _item_settings(item).allow_blocking
+        # Plain data on the report: it reaches the summary and the JSON report, from xdist too.
+        settings = _item_settings(item)
         report.loopguard_blocks = [  # type: ignore[attr-defined]
-            _as_dict(event, allowed, _where(item.config)) for event in blocks
+            _summary.as_dict(e, item.nodeid, settings, _where(item.config)) for e in blocks
         ]
     hint = _hints.for_error(error) if report.failed and error is not None else None
     if hint is not None:
@@ -264,46 +273,6 @@ def pytest_runtest_makereport(
     if failing and report.failed:
         report.sections.append((_SECTION, render(failing, _where(item.config))))
     return report
-
-
-def _as_dict(event: BlockEvent, allowed: bool, root: Path) -> dict[str, object]:
-    return {
-        "duration": round(event.duration, 4),
-        "where": headline(event, root).split(" at ", 1)[1],
-        "phase": event.phase,
-        "fixture": event.fixture,
-        "allowed": allowed or event.allowed,
-    }
-
-
-def _summary_rows(reporter: pytest.TerminalReporter) -> list[tuple[str, dict[str, object]]]:
-    rows = []
-    for reports in reporter.stats.values():
-        for report in reports:
-            for block in getattr(report, "loopguard_blocks", ()):
-                rows.append((str(report.nodeid), block))
-    return rows
-
-
-def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
-    """After the run: how many blocks in how many tests, and the worst ten."""
-    rows = _summary_rows(terminalreporter)
-    if not rows or terminalreporter.config.get_verbosity() < -1:
-        return  # like pytest's own sections: shown with -q, not with -qq
-    counted = [(nodeid, b) for nodeid, b in rows if not b["allowed"]]
-    tests = len({nodeid for nodeid, _ in counted})
-    allowed = len(rows) - len(counted)
-    terminalreporter.write_sep("=", "pytest-loopguard: event loop blocks")
-    terminalreporter.write_line(
-        f"{len(counted)} block(s) in {tests} test(s); {allowed} allowed block(s) not counted"
-    )
-    for nodeid, block in sorted(counted, key=lambda r: -float(str(r[1]["duration"])))[:10]:
-        phase = (
-            block["phase"] if not block["fixture"] else f"{block['phase']} of {block['fixture']}"
-        )
-        terminalreporter.write_line(
-            f"{float(str(block['duration'])):6.2f} s  {block['where']}  [{phase}]  {nodeid}"
-        )
 
 
 class LoopguardFixture:
