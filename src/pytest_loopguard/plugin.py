@@ -25,43 +25,34 @@ _CALL_ERROR = pytest.StashKey[BaseException | None]()
 _SECTION = "event loop blocked (pytest-loopguard)"
 
 
+# One row a setting: ini name, CLI flag (None: ini only), metavar (None: an on/off flag),
+# ini type, ini default, and the one help text both surfaces show.
+_OPTIONS: tuple[tuple[str, str | None, str | None, str, object, str], ...] = (
+    (
+        "loop_block_threshold",
+        "--loop-block-threshold",
+        "SECONDS",
+        "string",
+        "",
+        _settings.THRESHOLD_HELP,
+    ),
+    ("loop_debug", "--loop-debug", None, "string", "false", _settings.DEBUG_HELP),
+    ("loop_block_mode", "--loop-block-mode", "fail|warn", "string", "fail", _settings.MODE_HELP),
+    ("loop_block_report", "--loop-block-report", "PATH", "string", "", _settings.REPORT_HELP),
+    ("loop_block_allow", None, None, "linelist", [], _settings.ALLOW_HELP),
+    ("loop_guard_sqlalchemy", None, None, "string", "false", _settings.SQLALCHEMY_HELP),
+)
+
+
 def pytest_addoption(parser: pytest.Parser) -> None:
     """Declare each setting once on the command line and once in the ini, with one help text."""
     group = parser.getgroup("loopguard", "pytest-loopguard: event loop blocking")
-    group.addoption(
-        "--loop-block-threshold",
-        dest="loop_block_threshold",
-        default=None,
-        metavar="SECONDS",
-        help=_settings.THRESHOLD_HELP,
-    )
-    group.addoption(
-        "--loop-debug",
-        dest="loop_debug",
-        action="store_true",
-        default=None,
-        help=_settings.DEBUG_HELP,
-    )
-    group.addoption(
-        "--loop-block-mode",
-        dest="loop_block_mode",
-        default=None,
-        metavar="fail|warn",
-        help=_settings.MODE_HELP,
-    )
-    parser.addini("loop_block_threshold", _settings.THRESHOLD_HELP, default="")
-    group.addoption(
-        "--loop-block-report",
-        dest="loop_block_report",
-        default=None,
-        metavar="PATH",
-        help=_settings.REPORT_HELP,
-    )
-    parser.addini("loop_block_mode", _settings.MODE_HELP, default="fail")
-    parser.addini("loop_block_allow", _settings.ALLOW_HELP, type="linelist", default=[])
-    parser.addini("loop_block_report", _settings.REPORT_HELP, default="")
-    parser.addini("loop_debug", _settings.DEBUG_HELP, default="false")
-    parser.addini("loop_guard_sqlalchemy", _settings.SQLALCHEMY_HELP, default="false")
+    for name, flag, metavar, kind, default, text in _OPTIONS:
+        if flag is not None and metavar is None:
+            group.addoption(flag, dest=name, action="store_true", default=None, help=text)
+        elif flag is not None:
+            group.addoption(flag, dest=name, default=None, metavar=metavar, help=text)
+        parser.addini(name, text, type=kind, default=default)  # type: ignore[arg-type]
 
 
 def pytest_configure(config: pytest.Config) -> None:

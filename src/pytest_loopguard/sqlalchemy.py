@@ -215,7 +215,7 @@ def _strict_class(cls: type) -> type:
 
         def __getattribute__(self: Any, name: str) -> Any:
             if name in keys:
-                _, user = _access_frames_from(sys._getframe(1))
+                user = _first_user_frame(sys._getframe(1))
                 state = object.__getattribute__(self, "_sa_instance_state")
                 root = state.info.get(_ROOT_KEY)
                 raise DetachedAccessError(_detached_message(self, name, user, root))
@@ -228,11 +228,11 @@ def _strict_class(cls: type) -> type:
     return strict
 
 
-def _access_frames_from(frame: FrameType | None) -> tuple[None, FrameType | None]:
+def _first_user_frame(frame: FrameType | None) -> FrameType | None:
     user_filter = FrameFilter()
     while frame is not None and not user_filter.is_user(frame):
         frame = frame.f_back
-    return None, frame
+    return frame
 
 
 def _detached_message(instance: object, name: str, user: FrameType | None, root: str | None) -> str:
