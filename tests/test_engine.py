@@ -185,3 +185,23 @@ def test_c_call_that_keeps_the_gil_is_caught_at_its_line() -> None:
     assert event.frame.line == "total = sum(range(n))"
     assert event.cpu_bound is True
     assert event.hint is _hints.CPU
+
+
+def test_a_collection_during_the_gc_accounting_does_not_crash() -> None:
+    """The gc callback records collections while the guard sums them for a verdict; a
+    collection can start inside that sum (it allocates). A crash here failed a test once."""
+    import gc
+
+    guard = LoopGuard(threshold=0.1)
+    with guard:
+        ident = threading.get_ident()
+        for _ in range(300):
+            guard._on_gc("start", {})
+            guard._on_gc("stop", {})
+        old = gc.get_threshold()
+        gc.set_threshold(1)
+        try:
+            for _ in range(2000):
+                assert guard._collecting(ident, 0.0, 1e12) >= 0
+        finally:
+            gc.set_threshold(*old)

@@ -20,7 +20,7 @@ import math
 import sys
 import threading
 import time
-from collections import Counter, deque
+from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
@@ -145,8 +145,9 @@ class LoopGuard:
         self._thread: threading.Thread | None = None
         self._active = False
         self._stopping = False
-        # Recent collections per thread (a collection stalls only its own thread's loop).
-        self._gc_spans: dict[int, deque[tuple[float, float]]] = {}
+        # Recent collections per thread (a collection stalls only its own thread's loop). Tuples,
+        # replaced rather than grown: a collection can start while a reader iterates them.
+        self._gc_spans: dict[int, tuple[tuple[float, float], ...]] = {}
         self._gc_started: float | None = None
 
     @property
@@ -234,8 +235,9 @@ class LoopGuard:
         if phase == "start":
             self._gc_started = _clock()
         elif self._gc_started is not None:
-            spans = self._gc_spans.setdefault(threading.get_ident(), deque(maxlen=256))
-            spans.append((self._gc_started, _clock()))
+            ident = threading.get_ident()
+            recent = self._gc_spans.get(ident, ())[-255:]
+            self._gc_spans[ident] = (*recent, (self._gc_started, _clock()))
             self._gc_started = None
 
     # -- called on the loop thread by the run_forever wrapper ----------------------------
