@@ -29,7 +29,10 @@ CLEAN = {
     ),
     "under_threshold": "time.sleep(0.03)",
     "httpx_async": (
-        "async with httpx.AsyncClient() as c:\n        assert (await c.get(slow_url)).text == 'ok'"
+        # verify=False: loading the CA bundle is ~50 ms of CPU on the loop (see the README FAQ),
+        # and this URL is plain http anyway.
+        "async with httpx.AsyncClient(verify=False) as c:\n"
+        "        assert (await c.get(slow_url)).text == 'ok'"
     ),
     "aiosqlite": (
         "async with aiosqlite.connect(':memory:') as db:\n"

@@ -53,7 +53,7 @@ PITFALLS = [
         [
             f"{BLOCKED}{SHOP}:58 in <genexpr>",
             "fix: CPU-bound work holds the loop — use `await asyncio.to_thread(compute)`*",
-            "wall * s, CPU * s: CPU-bound",
+            "wall * s, CPU * s: CPU-bound*",
         ],
     ),
     ("test_fixed_cpu_heavy_route", None),
@@ -140,7 +140,7 @@ def test_quickstart_example(pytester: pytest.Pytester, examples: Path) -> None:
             f"{BLOCKED}conftest_examples/quickstart/test_users.py:11 in list_users",
             "    time.sleep(0.3)  # a sync call in an async route: every other request waits",
             SLEEP_FIX,
-            "wall * s, CPU * s: waiting (not on the CPU)",
+            "wall * s, CPU * s: waiting (not on the CPU)*",
             "stack while blocked (most recent call last):",
             "  conftest_examples/quickstart/test_users.py:18 in test_list_users",
         ]

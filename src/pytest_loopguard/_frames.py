@@ -6,6 +6,7 @@ import linecache
 import os
 import site
 import sysconfig
+from collections.abc import Container
 from dataclasses import dataclass
 from types import CodeType, FrameType
 
@@ -88,11 +89,11 @@ def describe(frame: FrameType, lineno: int) -> FrameInfo:
     return resolve(raw(frame, lineno))
 
 
-def current_stack(top: FrameType | None, stop: CodeType) -> list[tuple[FrameType, int]]:
-    """Frames from ``top`` down to (not including) the frame running ``stop``, innermost first."""
+def current_stack(top: FrameType | None, stops: Container[CodeType]) -> list[tuple[FrameType, int]]:
+    """Frames from ``top`` down to (not including) the first running one of ``stops``."""
     stack: list[tuple[FrameType, int]] = []
     frame = top
-    while frame is not None and frame.f_code is not stop:
+    while frame is not None and frame.f_code not in stops:
         stack.append((frame, frame.f_lineno or 0))
         frame = frame.f_back
     return stack

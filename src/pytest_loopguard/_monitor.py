@@ -17,17 +17,21 @@ from __future__ import annotations
 import asyncio
 import gc
 import math
+import os
+import signal
 import sys
 import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field, replace
+from functools import partial
 from types import CodeType, FrameType, TracebackType
+from typing import Any
 
 from . import _hints
-from ._frames import FrameFilter, FrameInfo, RawFrame, current_stack, raw, resolve
+from ._frames import FrameFilter, FrameInfo, RawFrame, current_stack, describe, raw, resolve
 
 # Captured at import so that a test patching time.perf_counter cannot skew a verdict.
 _clock = time.perf_counter
@@ -54,6 +58,10 @@ class BlockEvent:
     samples: int = 0
     # Every frame of the sample that located the block, innermost first: (module, function, file).
     through: tuple[tuple[str, str, str], ...] = ()
+    # Seconds the loop thread waited for a CPU on a loaded machine, left out of ``duration``.
+    cpu_wait: float = 0.0
+    # The block went past the guard's timeout: the loop thread was interrupted (a hang).
+    timed_out: bool = False
 
     @property
     def cpu_bound(self) -> bool | None:
@@ -102,7 +110,13 @@ class _Block:
     allowed: bool = False
     armed: bool = False
     cpu_since: float = 0.0
+    queued_first: float | None = None  # the thread's run-queue wait so far, at cpu_since
+    queued_last: float | None = None
     importing: float = 0.0  # seconds of the block spent in first imports
+    hung: bool = False  # reported and interrupted as a hang already
+    needs_beat: bool = False  # uvloop: only a heartbeat tells one callback from the next
+    beat: float | None = None  # when the heartbeat that proves this block over was posted
+    ended_by: float | None = None  # when a heartbeat first ran after that: the block was over
     counts: Counter[tuple[CodeType, int]] = field(default_factory=Counter)
     examples: dict[tuple[CodeType, int], _Sample] = field(default_factory=dict)
 
@@ -116,9 +130,38 @@ class _Watched:
     cpu_clock: Callable[[], float] | None
     last_poll: float
     cpu_at_poll: float | None = None
+    queue_clock: _RunQueueClock | None = None
+    queued_at_poll: float | None = None
     depth: int = 1
     block: _Block | None = None
+    loops: list[Any] = field(default_factory=list)  # the loops it runs, innermost last
+    tickers: list[_Ticker] = field(default_factory=list)  # one per uvloop loop it runs
+    beat_ran: float = -math.inf  # when a heartbeat last ran on this thread's loop
     loop_debug: list[tuple[asyncio.AbstractEventLoop, bool, float]] = field(default_factory=list)
+
+
+class _Ticker:
+    """On a uvloop loop, a callback every few milliseconds that notes when the loop was free.
+
+    uvloop keeps no note of when its current batch of callbacks began that another thread can
+    read, and a busy uvloop loop can keep the watchdog from the GIL for a long time (it drops
+    the GIL on every iteration, so the watchdog's wait never times out). The last tick bounds
+    the start of any callback seen afterwards, whatever the watchdog missed.
+    """
+
+    def __init__(self, loop: Any, period: float, beat: Callable[[], None]) -> None:
+        self._loop, self._period, self._beat = loop, period, beat
+        self._stopped = False
+        self._handle = loop.call_soon(self._tick)
+
+    def _tick(self) -> None:
+        self._beat()
+        if not self._stopped:
+            self._handle = self._loop.call_later(self._period, self._tick)
+
+    def stop(self) -> None:
+        self._stopped = True
+        self._handle.cancel()
 
 
 class LoopGuard:
@@ -130,15 +173,24 @@ class LoopGuard:
     mode on those loops, with ``slow_callback_duration`` set to the threshold.
     """
 
-    def __init__(self, threshold: float = 0.1, *, debug: bool = False) -> None:
-        if not (isinstance(threshold, (int, float)) and math.isfinite(threshold) and threshold > 0):
+    def __init__(
+        self, threshold: float = 0.1, *, debug: bool = False, timeout: float | None = None
+    ) -> None:
+        if not _positive(threshold):
             raise ValueError(f"threshold must be a finite number of seconds > 0, got {threshold!r}")
+        if timeout is not None and not (_positive(timeout) and timeout > threshold):
+            raise ValueError(f"timeout must be a number of seconds > threshold, got {timeout!r}")
         self._threshold = float(threshold)
+        self._timeout = timeout
         self._debug = debug
+        self._hang: _HangInterrupt | None = None
         self._cond = threading.Condition(threading.Lock())
         self._watched: dict[int, _Watched] = {}
         self._allow_depth: dict[int, int] = {}
         self._events: list[BlockEvent] = []
+        # Blocks over but not yet made events: that reads source files, which drops the GIL,
+        # so the watchdog does it only after sampling (see _poll).
+        self._ended: list[tuple[_Watched, _Block, float, float]] = []
         self._phase: str | None = None
         self._fixture: str | None = None
         self._filter = FrameFilter()
@@ -159,6 +211,7 @@ class LoopGuard:
         """The blocks recorded so far, in the order they ended."""
         with self._cond:
             self._settle_caller()
+            self._flush()
             return list(self._events)
 
     def _settle_caller(self) -> None:
@@ -166,7 +219,9 @@ class LoopGuard:
         # has ended, even if the watchdog has not looked since.
         watched = self._watched.get(threading.get_ident())
         if watched is not None:
-            self._settle(watched, _find_run_frame(sys._getframe()), _clock())
+            now = _clock()
+            self._beaten(watched, now)
+            self._settle(watched, _find_run_frame(sys._getframe()), now)
 
     @property
     def context(self) -> tuple[str | None, str | None]:
@@ -181,6 +236,7 @@ class LoopGuard:
     def name_fixture(self, since: int, fixture: str) -> None:
         """Give ``fixture`` to the unnamed blocks recorded after the first ``since`` events."""
         with self._cond:
+            self._flush()
             for i in range(since, len(self._events)):
                 if self._events[i].fixture is None:
                     self._events[i] = replace(self._events[i], fixture=fixture)
@@ -202,6 +258,8 @@ class LoopGuard:
             raise RuntimeError("this LoopGuard is already active")
         self._active, self._stopping = True, False
         gc.callbacks.append(self._on_gc)
+        if self._timeout is not None:
+            self._hang = _HangInterrupt.install()
         _REGISTRY.add(self)
         running = asyncio._get_running_loop()
         if running is not None:
@@ -216,6 +274,9 @@ class LoopGuard:
     ) -> None:
         _REGISTRY.remove(self)
         gc.callbacks.remove(self._on_gc)
+        if self._hang is not None:
+            self._hang.uninstall()
+            self._hang = None
         with self._cond:
             self._stopping = True
             self._cond.notify_all()
@@ -226,6 +287,8 @@ class LoopGuard:
             for watched in self._watched.values():
                 self._settle(watched, None, _clock())
                 self._restore_debug(watched)
+                if watched.queue_clock is not None:
+                    watched.queue_clock.close()
             self._watched.clear()
         self._active = False
 
@@ -252,11 +315,17 @@ class LoopGuard:
                 name = threading.current_thread().name
                 clock = _cpu_clock(ident)
                 watched = _Watched(ident, name, clock, _clock(), _read(clock))
+                watched.queue_clock = _RunQueueClock.open(threading.get_native_id())
+                watched.queued_at_poll = _queued(watched)
                 self._watched[ident] = watched
             else:
                 watched.depth += 1
             if self._debug:
                 self._apply_debug(watched, loop)
+            watched.loops.append(loop)
+            if not isinstance(loop, asyncio.BaseEventLoop):
+                beat = partial(self._beat, watched)
+                watched.tickers.append(_Ticker(loop, self._tick_period(), beat))
             starting = self._thread is None
             if starting:
                 self._thread = threading.Thread(
@@ -275,10 +344,16 @@ class LoopGuard:
             if watched is None:
                 return
             watched.depth -= 1
+            if watched.loops and watched.loops[-1] is loop:
+                watched.loops.pop()
+                if not isinstance(loop, asyncio.BaseEventLoop) and watched.tickers:
+                    watched.tickers.pop().stop()
             self._settle(watched, None, _clock())
             if watched.depth == 0:
                 self._restore_debug(watched)
                 del self._watched[ident]
+                if watched.queue_clock is not None:
+                    watched.queue_clock.close()
 
     def _apply_debug(self, watched: _Watched, loop: asyncio.AbstractEventLoop) -> None:
         slow = getattr(loop, "slow_callback_duration", 0.1)
@@ -317,14 +392,19 @@ class LoopGuard:
         for watched in self._watched.values():
             top = frames.get(watched.ident)
             run_frame = _find_run_frame(top)
+            self._beaten(watched, now)
             self._settle(watched, run_frame, now)
             if run_frame is not None:
                 if watched.block is None:
                     watched.block = self._open(watched, run_frame, now)
                 self._observe(watched, watched.block, top, now)
             watched.last_poll = now
-            watched.cpu_at_poll = _read(watched.cpu_clock)
+        # Only once every thread is sampled: a loop thread given the GIL would move on from the
+        # line its sample must name.
+        for watched in self._watched.values():
+            self._after_sampling(watched, frames.get(watched.ident), now)
         del frames
+        self._flush()
 
     def _settle(self, watched: _Watched, run_frame: FrameType | None, now: float) -> None:
         """Close the block of ``watched`` if ``run_frame`` is no longer its callback."""
@@ -332,28 +412,85 @@ class LoopGuard:
         if block is not None and block.run_frame is not run_frame:
             self._close(watched, now)
 
+    def _beaten(self, watched: _Watched, now: float) -> None:
+        """Close a block whose heartbeat has run: the loop got free in the meantime."""
+        block = watched.block
+        if block is not None and block.ended_by is not None:
+            self._close(watched, now, ended_by=block.ended_by)
+
     def _open(self, watched: _Watched, run_frame: FrameType, now: float) -> _Block:
         # CPU time is counted from the previous look: a block first seen when it is nearly
         # over (C code kept this watchdog waiting for the GIL) still gets a meaningful share.
         cpu = watched.cpu_at_poll
-        start = _start_estimate(run_frame, watched.last_poll, now)
+        since = max(watched.last_poll, watched.beat_ran)
+        start = _start_estimate(run_frame, since, now, self._tick_period())
         block = _Block(run_frame, start, now, cpu, cpu, self._phase, self._fixture)
         block.cpu_since = watched.last_poll
+        block.queued_first = block.queued_last = watched.queued_at_poll
+        # The same coroutine frame runs every step of a task on uvloop, so seeing it twice does
+        # not prove one callback held the loop; a heartbeat run in between disproves it.
+        block.needs_beat = _is_uvloop_callback(run_frame)
         return block
+
+    def _tick_period(self) -> float:
+        return min(max(self._threshold / 10, 0.001), 0.01)
+
+    def _post_beat(self, watched: _Watched, block: _Block, now: float) -> None:
+        """Queue a callback behind ``block``: when it runs, the block is over."""
+        block.beat = now
+        # A closed loop (RuntimeError) is not running anything either.
+        with suppress(RuntimeError, IndexError):
+            watched.loops[-1].call_soon_threadsafe(self._beat, watched)
+
+    @staticmethod
+    def _beat(watched: _Watched) -> None:
+        # Runs on the loop thread, so only when no callback holds the loop. Lock-free on
+        # purpose: plain attribute stores, and a tick must never wait for the watchdog.
+        now = _clock()
+        watched.beat_ran = now
+        block = watched.block
+        if block is not None and block.beat is not None and block.ended_by is None:
+            block.ended_by = now
 
     def _observe(self, watched: _Watched, block: _Block, top: FrameType | None, now: float) -> None:
         since = now - max(block.last_seen if block.counts else block.start, block.start)
         block.last_seen = now
         block.armed = now - block.start >= self._threshold / 2
-        block.cpu_last = _read(watched.cpu_clock)
         if self._allow_depth.get(watched.ident, 0) > 0:
             block.allowed = True
         if self._sample(block, top):
             block.importing += since
 
+    def _after_sampling(self, watched: _Watched, top: FrameType | None, now: float) -> None:
+        """What may drop the GIL (a socket write, /proc, source files): after every sample."""
+        block = watched.block
+        cpu, queued = _read(watched.cpu_clock), _queued(watched)
+        watched.cpu_at_poll, watched.queued_at_poll = cpu, queued
+        if block is None:
+            return
+        block.cpu_last, block.queued_last = cpu, queued
+        if (block.armed or block.needs_beat) and block.beat is None:
+            # A late look must not stretch a block: the heartbeat runs right after the callback
+            # and bounds its end even when a busy loop keeps this watchdog from the GIL.
+            self._post_beat(watched, block, now)
+        if self._timeout is not None and not block.hung and now - block.start >= self._timeout:
+            self._interrupt(watched, block, top, now)
+
+    def _interrupt(
+        self, watched: _Watched, block: _Block, top: FrameType | None, now: float
+    ) -> None:
+        """A hang: record it with the whole stack now, then break the loop thread out of it."""
+        block.hung = True
+        full = tuple(describe(f, n) for f, n in current_stack(top, _ANCHORS))
+        event = self._event(watched, block, now, 0.0)
+        event = replace(event, stack=tuple(reversed(full)), timed_out=True)
+        self._events.append(event)
+        if self._hang is not None:
+            self._hang.fire(watched.ident, block.run_frame, event)
+
     def _sample(self, block: _Block, top: FrameType | None) -> bool:
         """Count the line the loop thread is on; True when it is inside a first import."""
-        stack = current_stack(top, _RUN_CODE)
+        stack = current_stack(top, _ANCHORS)
         user = next((i for i, (f, _) in enumerate(stack) if self._filter.is_user(f)), None)
         index = user if user is not None else 0
         if not stack:
@@ -373,33 +510,40 @@ class LoopGuard:
         users = [raw(f, n) for f, n in stack[user:] if self._filter.is_user(f)]
         return users[0], tuple(reversed(users)), callees, _through(stack)
 
-    def _close(self, watched: _Watched, now: float) -> None:
+    def _close(self, watched: _Watched, now: float, ended_by: float | None = None) -> None:
         """End the block of ``watched``: it was last seen running, and is gone at ``now``."""
         block, watched.block = watched.block, None
-        if block is None or not block.counts or not block.armed:
+        if block is None or not block.counts or not block.armed or block.hung:
             # Unarmed: it had run under half the threshold when last seen. A look that came
             # late proves nothing: a busy loop thread that releases the GIL around every
             # select() and takes it straight back can keep this watchdog waiting for it.
             return
-        end = (block.last_seen + now) / 2
+        gone = now if ended_by is None else max(block.last_seen, min(now, ended_by))
+        end = (block.last_seen + gone) / 2
         end -= self._collecting(watched.ident, block.start, end)
         # A first import runs once per process, not per request: the time the looks found it
         # importing is left out, like garbage collection (an import is not a bug to fix).
         end -= block.importing
-        if end - block.start >= self._threshold:
-            self._events.append(self._event(watched, block, end))
+        # Time spent waiting for a CPU is the machine's load: no line of the test can fix it.
+        queued = _run_queue_wait(block, end - block.start)
+        if end - queued - block.start >= self._threshold:
+            self._ended.append((watched, block, end - queued, queued))
+
+    def _flush(self) -> None:
+        ended, self._ended = self._ended, []
+        self._events.extend(self._event(w, b, end, queued) for w, b, end, queued in ended)
 
     def _collecting(self, ident: int, start: float, end: float) -> float:
         """Seconds of garbage collection on thread ``ident`` between ``start`` and ``end``."""
         spans = self._gc_spans.get(ident, ())
         return sum(max(0.0, min(b, end) - max(a, start)) for a, b in spans)
 
-    def _event(self, watched: _Watched, block: _Block, end: float) -> BlockEvent:
+    def _event(self, watched: _Watched, block: _Block, end: float, queued: float) -> BlockEvent:
         duration = end - block.start
         ((key, _),) = block.counts.most_common(1)
         top, users, callees, through = block.examples[key]
         frame, stack = resolve(top), tuple(resolve(f) for f in users)
-        cpu_time = _cpu_time(block, duration)
+        cpu_time = _cpu_time(block, duration + queued)
         ratio = None if cpu_time is None else cpu_time / duration
         hint = _hints.classify(frame.line if frame else "", callees, ratio)
         return BlockEvent(
@@ -415,7 +559,124 @@ class LoopGuard:
             thread=watched.name,
             samples=sum(block.counts.values()),
             through=through,
+            cpu_wait=queued,
         )
+
+
+def _positive(value: object) -> bool:
+    return isinstance(value, (int, float)) and math.isfinite(value) and value > 0
+
+
+class LoopHangError(BaseException):
+    """Raised inside a callback that held the loop past the guard's ``timeout``.
+
+    A BaseException, like KeyboardInterrupt, so that ``except Exception`` in the code under test
+    cannot swallow it and hang again; pytest reports it as the test's failure.
+    """
+
+    def __init__(self, event: BlockEvent | None = None) -> None:
+        # No event when raised asynchronously in another thread (Python makes it bare).
+        super().__init__(*(() if event is None else (event,)))
+        self.event = event
+
+    def __str__(self) -> str:
+        if self.event is None:
+            return "the event loop was held past loop_block_timeout; the callback was interrupted"
+        from ._report import render  # the report module imports this one
+
+        return render([self.event])
+
+
+class _HangInterrupt:
+    """Delivers a LoopHangError into a hung loop thread.
+
+    The main thread gets a real signal: it wakes a wait in C (a lock, ``Future.result()``)
+    with EINTR, and the handler raises. Another thread gets an asynchronous exception, which
+    fires at its next Python instruction (not inside a wait in C: documented).
+    """
+
+    SIGNAL = getattr(signal, "SIGUSR2", None)
+
+    def __init__(self, installed: bool, previous: Any = None) -> None:
+        self._installed, self._previous = installed, previous
+        self._pending: tuple[FrameType, BlockEvent] | None = None
+
+    @classmethod
+    def install(cls) -> _HangInterrupt:
+        if cls.SIGNAL is None or threading.current_thread() is not threading.main_thread():
+            return cls(False)
+        hang = cls(True, signal.getsignal(cls.SIGNAL))
+        signal.signal(cls.SIGNAL, hang._handle)
+        return hang
+
+    def uninstall(self) -> None:
+        if self._installed and signal.getsignal(self.SIGNAL) == self._handle:  # type: ignore[arg-type]
+            signal.signal(self.SIGNAL, self._previous or signal.SIG_DFL)  # type: ignore[arg-type]
+
+    def fire(self, ident: int, run_frame: FrameType, event: BlockEvent) -> None:
+        if ident == threading.main_thread().ident and self._installed:
+            self._pending = (run_frame, event)
+            signal.pthread_kill(ident, self.SIGNAL)  # type: ignore[arg-type]
+        else:
+            _raise_in_thread(ident, LoopHangError)
+
+    def _handle(self, signum: int, frame: FrameType | None) -> None:
+        pending, self._pending = self._pending, None
+        # Only inside the callback that hung: if it ended meanwhile, raising would hit
+        # whatever runs now (the loop, pytest).
+        if pending is not None and _find_run_frame(frame) is pending[0]:
+            raise LoopHangError(pending[1])
+
+
+def _raise_in_thread(ident: int, exc: type[BaseException]) -> None:
+    import ctypes
+
+    set_async_exc = ctypes.pythonapi.PyThreadState_SetAsyncExc
+    set_async_exc(ctypes.c_ulong(ident), ctypes.py_object(exc))
+
+
+class _RunQueueClock:
+    """Linux: how long a thread has waited, runnable, for a CPU (``/proc/.../schedstat``).
+
+    That time is the machine's load, not the test's code: a loaded CI runner can stretch a
+    40 ms callback past the threshold while the thread sits in the run queue.
+    """
+
+    def __init__(self, fd: int) -> None:
+        self._fd = fd
+
+    @classmethod
+    def open(cls, native_id: int) -> _RunQueueClock | None:
+        try:
+            return cls(os.open(f"/proc/self/task/{native_id}/schedstat", os.O_RDONLY))
+        except (OSError, ValueError):
+            return None
+
+    def read(self) -> float | None:
+        try:
+            return int(os.pread(self._fd, 96, 0).split()[1]) / 1e9
+        except (OSError, ValueError, IndexError):
+            return None
+
+    def close(self) -> None:
+        with suppress(OSError):
+            os.close(self._fd)
+
+
+def _queued(watched: _Watched) -> float | None:
+    clock = watched.queue_clock
+    return None if clock is None else clock.read()
+
+
+def _run_queue_wait(block: _Block, duration: float) -> float:
+    """Seconds of the block the loop thread spent runnable but not running, scaled like CPU."""
+    if block.queued_first is None or block.queued_last is None:
+        return 0.0
+    observed = block.last_seen - block.cpu_since
+    waited = max(block.queued_last - block.queued_first, 0.0)
+    if observed <= 0:
+        return min(waited, duration)
+    return min(waited * duration / observed, duration)
 
 
 def _cpu_time(block: _Block, duration: float) -> float | None:
@@ -436,16 +697,20 @@ def _through(stack: list[tuple[FrameType, int]]) -> tuple[Through, ...]:
     )
 
 
-def _start_estimate(run_frame: FrameType, last_poll: float, now: float) -> float:
-    """When the callback first seen at ``now`` started: after ``last_poll``, which did not see it.
+def _start_estimate(run_frame: FrameType, since: float, now: float, tick: float) -> float:
+    """When the callback first seen at ``now`` started: after ``since``, when the loop was seen
+    running something else or free.
 
     The stdlib loop notes in ``_run_once`` when its current batch of callbacks began; a callback
     run in that batch cannot have started earlier, and usually started within microseconds.
+    On uvloop, ``since`` is at most one ``tick`` old unless this callback held the loop.
     """
+    if _is_uvloop_callback(run_frame):
+        return since + min(now - since, tick) / 2
     batch = _batch_start(run_frame, now)
-    if batch is not None and last_poll <= batch <= now:
+    if batch is not None and since <= batch <= now:
         return batch
-    return (last_poll + now) / 2
+    return (since + now) / 2
 
 
 def _batch_start(run_frame: FrameType, now: float) -> float | None:
@@ -459,64 +724,116 @@ def _batch_start(run_frame: FrameType, now: float) -> float | None:
     return end_time + (now - _monotonic())
 
 
+def _is_uvloop_callback(run_frame: FrameType) -> bool:
+    caller = run_frame.f_back
+    return caller is not None and caller.f_code is _UV_ENTRY
+
+
 def _find_run_frame(top: FrameType | None) -> FrameType | None:
-    frame = top
+    """The frame of the callback the loop thread is running, or None when it is not in one.
+
+    On the stdlib loop that is the ``Handle._run`` frame, new for every callback. On uvloop it
+    is the frame right above ``_run_uvloop``; a coroutine keeps that frame across its steps, so
+    uvloop blocks are also checked with a heartbeat (see ``LoopGuard._beaten``).
+    """
+    above, frame = None, top
     while frame is not None:
-        if frame.f_code is _RUN_CODE:
+        code = frame.f_code
+        if code is _RUN_CODE:
             return frame
-        frame = frame.f_back
+        if code is _UV_ENTRY:
+            return above
+        above, frame = frame, frame.f_back
     return None
 
 
 class _Registry:
-    """The process-wide patch of ``run_forever``, installed while at least one guard is active."""
+    """The process-wide patches of ``run_forever``, installed while at least one guard is active.
+
+    The stdlib's ``BaseEventLoop`` is always patched; uvloop's ``Loop`` too when uvloop has been
+    imported by then (conftest loop factories and policies import it at collection).
+    """
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._guards: tuple[LoopGuard, ...] = ()
-        self._original: Callable[[asyncio.BaseEventLoop], None] | None = None
+        self.guards: tuple[LoopGuard, ...] = ()
+        # (class, the run_forever it had in its own __dict__ or None, the wrapper we set)
+        self._patched: list[tuple[type, object, object]] = []
 
     def add(self, guard: LoopGuard) -> None:
         with self._lock:
-            if not self._guards:
+            if not self.guards:
                 self._install()
-            self._guards = (*self._guards, guard)
+            self.guards = (*self.guards, guard)
 
     def remove(self, guard: LoopGuard) -> None:
         with self._lock:
-            self._guards = tuple(g for g in self._guards if g is not guard)
-            if not self._guards:
+            self.guards = tuple(g for g in self.guards if g is not guard)
+            if not self.guards:
                 self._uninstall()
 
     @property
     def installed(self) -> bool:
-        return self._original is not None
+        return bool(self._patched)
+
+    @contextmanager
+    def running(self, loop: Any) -> Iterator[None]:
+        """Tell every active guard that this thread runs ``loop`` until the block ends."""
+        guards = self.guards
+        for guard in guards:
+            guard._loop_started(loop)
+        try:
+            yield
+        finally:
+            for guard in guards:
+                guard._loop_stopped(loop)
 
     def _install(self) -> None:
-        original = asyncio.BaseEventLoop.run_forever
-        registry = self
+        try:
+            self._patch(asyncio.BaseEventLoop, _run_stdlib)
+            uvloop = sys.modules.get("uvloop")
+            uv_class = getattr(uvloop, "Loop", None)
+            if isinstance(uv_class, type):
+                self._patch(uv_class, _run_uvloop)
+        except BaseException:
+            self._uninstall()  # all or nothing
+            raise
 
-        def run_forever(loop: asyncio.BaseEventLoop) -> None:
-            guards = registry._guards
-            for guard in guards:
-                guard._loop_started(loop)
-            try:
-                original(loop)
-            finally:
-                for guard in guards:
-                    guard._loop_stopped(loop)
+    def _patch(self, cls: type, entry: Callable[[Any, Callable[[Any], None]], None]) -> None:
+        own = cls.__dict__.get("run_forever")
+        original: Callable[[Any], None] = cls.run_forever  # type: ignore[attr-defined]
+
+        def run_forever(loop: Any) -> None:
+            entry(loop, original)
 
         run_forever.__wrapped__ = original  # type: ignore[attr-defined]
-        self._original = original
-        asyncio.BaseEventLoop.run_forever = run_forever  # type: ignore[method-assign,assignment]
+        cls.run_forever = run_forever  # type: ignore[attr-defined]
+        self._patched.append((cls, own, run_forever))
 
     def _uninstall(self) -> None:
-        if self._original is not None:
-            asyncio.BaseEventLoop.run_forever = self._original  # type: ignore[method-assign,assignment]
-            self._original = None
+        for cls, own, _ in reversed(self._patched):
+            if own is None:
+                delattr(cls, "run_forever")
+            else:
+                cls.run_forever = own  # type: ignore[attr-defined]
+        self._patched.clear()
+
+
+def _run_stdlib(loop: Any, original: Callable[[Any], None]) -> None:
+    with _REGISTRY.running(loop):
+        original(loop)
+
+
+def _run_uvloop(loop: Any, original: Callable[[Any], None]) -> None:
+    # uvloop runs callbacks from C: this frame is the Python frame right under each of them,
+    # so the frame above it on a loop thread's stack is the running callback.
+    with _REGISTRY.running(loop):
+        original(loop)
 
 
 _REGISTRY = _Registry()
+_UV_ENTRY: CodeType = _run_uvloop.__code__
+_ANCHORS = frozenset({_RUN_CODE, _UV_ENTRY})
 
 
 def is_patched() -> bool:

@@ -67,9 +67,13 @@ def headline(event: BlockEvent, root: Path | None = None) -> str:
 def _cpu_line(event: BlockEvent) -> str:
     bound = event.cpu_bound
     if bound is None or event.cpu_time is None:
-        return f"wall {event.duration:.2f} s; thread CPU time unknown on this platform"
-    kind = "CPU-bound" if bound else "waiting (not on the CPU)"
-    return f"wall {event.duration:.2f} s, CPU {event.cpu_time:.2f} s: {kind}"
+        line = f"wall {event.duration:.2f} s; thread CPU time unknown on this platform"
+    else:
+        kind = "CPU-bound" if bound else "waiting (not on the CPU)"
+        line = f"wall {event.duration:.2f} s, CPU {event.cpu_time:.2f} s: {kind}"
+    if event.cpu_wait >= 0.005:
+        line += f" (and {event.cpu_wait:.2f} s more waiting for a CPU: a busy machine, not counted)"
+    return line
 
 
 def _stack_lines(event: BlockEvent, root: Path | None) -> list[str]:
