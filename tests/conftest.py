@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import threading
 
 import pytest
@@ -35,6 +36,7 @@ def _no_leaks() -> object:
     assert not _monitor.is_patched(), "run_forever is still patched"
     names = [t.name for t in threading.enumerate()]
     assert "pytest-loopguard-watchdog" not in names, names
+    assert signal.getsignal(signal.SIGUSR2) == signal.SIG_DFL, "the hang guard's handler stayed"
 
 
 def write_ini(pytester: pytest.Pytester, mode: str = "strict", extra: str = "") -> None:

@@ -58,6 +58,11 @@ def _during(event: BlockEvent) -> str:
 
 def headline(event: BlockEvent, root: Path | None = None) -> str:
     """The one-line verdict, as in the test summary: duration, threshold, location."""
+    if event.timed_out:
+        return (
+            f"event loop hung: a callback held it for {event.duration:.2f} s, past the hang "
+            f"timeout, and was interrupted at {_where(event.frame, root)}{_during(event)}"
+        )
     return (
         f"event loop blocked for {event.duration:.2f} s (threshold {event.threshold:.2f} s)"
         f" at {_where(event.frame, root)}{_during(event)}"
@@ -81,7 +86,8 @@ def _stack_lines(event: BlockEvent, root: Path | None) -> list[str]:
     unique = [
         f for i, f in enumerate(event.stack) if i == 0 or f.location != event.stack[i - 1].location
     ]
-    frames = unique[-MAX_STACK_LINES // 2 :]
+    # A hang's dump keeps library frames too (where it waits matters): show more of it.
+    frames = unique[-MAX_STACK_LINES:] if event.timed_out else unique[-MAX_STACK_LINES // 2 :]
     lines = ["stack while blocked (most recent call last):"]
     for frame in frames:
         lines.append(f"  {relative(frame.filename, root)}:{frame.lineno} in {frame.function}")

@@ -37,6 +37,16 @@ ALLOW_HELP = (
     "line, a module ('ddtrace'), a module:function ('jinja2.environment:Environment.__init__' "
     "or 'mylib.setup:warm_up'), or a path glob ('*/site-packages/botocore/*')."
 )
+TIMEOUT_HELP = (
+    "Hang guard: when one callback holds the loop this many seconds, dump its stack, interrupt "
+    "it and fail the test, so a deadlock cannot hang the run (seconds > the threshold; "
+    "default off)."
+)
+STRICT_HELP = (
+    "Also fail tests whose code makes a known blocking call on the loop thread (time.sleep, "
+    "blocking sockets, DNS, file open, subprocess, thread waits), however short "
+    "(true/false; default false)."
+)
 SQLALCHEMY_HELP = (
     "Make the loopguard_sqlalchemy fixture active for every test: lazy loads and sync engines "
     "on the event loop fail early with the fix (true/false; default false)."
@@ -108,6 +118,8 @@ class Settings:
     mode: str = "fail"
     report: str | None = None
     allow: tuple[AllowRule, ...] = ()
+    timeout: float | None = None
+    strict: bool = False
     allow_blocking: bool = False
     allow_reason: str | None = None
 
@@ -166,7 +178,49 @@ def resolve(config: pytest.Config) -> Settings:
     )
     mode, report = _mode(config), _report(config)
     allow = tuple(parse_allow(line) for line in config.getini("loop_block_allow") if line.strip())
-    return Settings(threshold, source, _debug(config), guard_sqlalchemy, mode, report, allow)
+    timeout = _timeout(config, threshold)
+    return Settings(
+        threshold,
+        source,
+        _debug(config),
+        guard_sqlalchemy,
+        mode,
+        report,
+        allow,
+        timeout,
+        _strict(config),
+    )
+
+
+def parse_timeout(raw: object, source: str, threshold: float) -> float | None:
+    """Seconds > threshold, or off (0, off, empty); else a UsageError naming the value."""
+    text = str(raw).strip().lower()
+    if text in ("", "0", "off", "none"):
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if isinstance(raw, bool) or not (math.isfinite(value) and value > threshold):
+        raise pytest.UsageError(
+            f"pytest-loopguard: {raw!r} from {source} is not a valid loop_block_timeout: "
+            f"expected a number of seconds greater than the threshold ({threshold:g}), "
+            "or 0/off to turn the hang guard off"
+        )
+    return value
+
+
+def _timeout(config: pytest.Config, threshold: float) -> float | None:
+    cli = config.getoption("loop_block_timeout")
+    if cli is not None:
+        return parse_timeout(cli, "--loop-block-timeout", threshold)
+    return parse_timeout(config.getini("loop_block_timeout"), "ini loop_block_timeout", threshold)
+
+
+def _strict(config: pytest.Config) -> bool:
+    if config.getoption("loop_block_strict"):
+        return True
+    return parse_bool(config.getini("loop_block_strict"), "ini loop_block_strict")
 
 
 def allows(settings: Settings, event: BlockEvent) -> bool:
@@ -252,6 +306,11 @@ def for_item(item: pytest.Item, settings: Settings) -> Settings:
         where = f"@pytest.mark.loop_block_threshold on {item.nodeid}"
         threshold = parse_threshold(seconds, where)
         settings = replace(settings, threshold=threshold, threshold_source="marker")
+        if settings.timeout is not None and settings.timeout <= threshold:
+            raise pytest.UsageError(
+                f"pytest-loopguard: {where} sets {threshold:g} s, not below "
+                f"loop_block_timeout ({settings.timeout:g} s): raise the timeout or lower it"
+            )
     marker = item.get_closest_marker("allow_blocking")
     if marker is not None:
         reason = _call_marker(item, marker, _allow_marker, 'allow_blocking(reason="...")')

@@ -13,7 +13,7 @@ import pytest
 
 from . import _hints, _settings, _summary
 from ._frames import FrameInfo
-from ._monitor import BlockEvent, LoopGuard
+from ._monitor import BlockEvent, LoopGuard, LoopHangError
 from ._report import LoopBlockedError, describe, headline, relative, render, worst_first
 from ._settings import SETTINGS_KEY, Settings
 
@@ -39,6 +39,8 @@ _OPTIONS: tuple[tuple[str, str | None, str | None, str, object, str], ...] = (
     ("loop_debug", "--loop-debug", None, "string", "false", _settings.DEBUG_HELP),
     ("loop_block_mode", "--loop-block-mode", "fail|warn", "string", "fail", _settings.MODE_HELP),
     ("loop_block_report", "--loop-block-report", "PATH", "string", "", _settings.REPORT_HELP),
+    ("loop_block_timeout", "--loop-block-timeout", "SECONDS", "string", "", _settings.TIMEOUT_HELP),
+    ("loop_block_strict", "--loop-block-strict", None, "string", "false", _settings.STRICT_HELP),
     ("loop_block_allow", None, None, "linelist", [], _settings.ALLOW_HELP),
     ("loop_guard_sqlalchemy", None, None, "string", "false", _settings.SQLALCHEMY_HELP),
 )
@@ -68,9 +70,11 @@ def pytest_report_header(config: pytest.Config) -> str:
     """Say in one line what the plugin will do, so a CI log shows it."""
     settings = config.stash[SETTINGS_KEY]
     debug = "on" if settings.debug else "off"
+    timeout = "off" if settings.timeout is None else f"{settings.timeout:g}s"
+    strict = "on" if settings.strict else "off"
     return (
         f"loopguard: threshold={settings.threshold:g}s ({settings.threshold_source}), "
-        f"loop-debug={debug}"
+        f"loop-debug={debug}, timeout={timeout}, strict={strict}"
     )
 
 
@@ -104,7 +108,7 @@ def _item_settings(item: pytest.Item) -> Settings:
 def pytest_runtest_protocol(item: pytest.Item) -> Generator[None, object, object]:
     """Watch the loops of one test, from its first fixture to its last teardown."""
     settings = _item_settings(item)
-    guard = LoopGuard(settings.threshold, debug=settings.debug)
+    guard = LoopGuard(settings.threshold, debug=settings.debug, timeout=settings.timeout)
     item.stash[_GUARD] = guard
     item.config.stash[_CURRENT] = item
     with guard:
@@ -252,6 +256,8 @@ def pytest_runtest_makereport(
     hint = _hints.for_error(error) if report.failed and error is not None else None
     if hint is not None:
         report.sections.append(("hint (pytest-loopguard)", hint))
+    if isinstance(error, LoopHangError):
+        error = _hang_error(item, call.when, error)
     if isinstance(error, LoopBlockedError):
         summary = headline(error.events[0], _where(item.config))
         report.longrepr = _MessageRepr(str(error), f"LoopBlockedError: {summary}")  # type: ignore[assignment]
@@ -264,6 +270,14 @@ def pytest_runtest_makereport(
     if failing and report.failed:
         report.sections.append((_SECTION, render(failing, _where(item.config))))
     return report
+
+
+def _hang_error(item: pytest.Item, phase: str, error: LoopHangError) -> BaseException:
+    # Shown like any block, with the whole stack the hang guard took.
+    hangs = [e for e in _phase_events(item, phase) if e.timed_out]
+    if not hangs and error.event is not None:
+        hangs = [error.event]
+    return LoopBlockedError(render(hangs, _where(item.config)), hangs) if hangs else error
 
 
 class LoopguardFixture:
