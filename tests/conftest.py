@@ -8,7 +8,7 @@ import threading
 
 import pytest
 
-from pytest_loopguard import _monitor
+from pytest_loopguard import _monitor, _strict
 
 pytest_plugins = ["pytester"]
 
@@ -34,6 +34,7 @@ def _no_leaks() -> object:
     """Every test leaves no patch and no watchdog thread of ours behind."""
     yield
     assert not _monitor.is_patched(), "run_forever is still patched"
+    assert not _strict.HUB.patched and not _strict.HUB.recorders, "strict mode's wrappers stayed"
     names = [t.name for t in threading.enumerate()]
     assert "pytest-loopguard-watchdog" not in names, names
     assert signal.getsignal(signal.SIGUSR2) == signal.SIG_DFL, "the hang guard's handler stayed"

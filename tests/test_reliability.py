@@ -3,14 +3,19 @@
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
+import gc
+import socket
+import threading
+import time
 
 import pytest
 
 from conftest import run
-from pytest_loopguard import _monitor
+from pytest_loopguard import _monitor, _strict
 
 
-def test_hundreds_of_tests_leave_no_thread_or_patch(pytester: pytest.Pytester) -> None:
+def test_a_thousand_tests_leave_no_thread_patch_or_hook(pytester: pytest.Pytester) -> None:
     pytester.makepyfile(
         """
         import asyncio, threading, time, pytest
@@ -19,23 +24,31 @@ def test_hundreds_of_tests_leave_no_thread_or_patch(pytester: pytest.Pytester) -
             names = [t.name for t in threading.enumerate()]
             assert "pytest-loopguard-watchdog" not in names
 
-        @pytest.mark.parametrize("i", range(150))
+        @pytest.mark.parametrize("i", range(500))
         async def test_async(i, loopguard):
             await asyncio.sleep(0)
-            if i % 50 == 0:
+            if i % 100 == 0:
                 with loopguard.allow():
                     time.sleep(0.15)
+                    time.sleep(0.001)  # strict mode sees it: allowed too
 
-        @pytest.mark.parametrize("i", range(150))
+        @pytest.mark.parametrize("i", range(500))
         def test_sync_between(i):
             assert_clean()
         """
     )
     original = asyncio.BaseEventLoop.run_forever
-    result = run(pytester, "-p", "no:randomly")
-    result.assert_outcomes(passed=300)
+    sleep, result_method = time.sleep, concurrent.futures.Future.result
+    threads, gc_callbacks = threading.active_count(), len(gc.callbacks)
+    args = ("-p", "no:randomly", "--loop-block-strict", "--loop-block-timeout=5")
+    result = run(pytester, *args)
+    result.assert_outcomes(passed=1000)
     assert asyncio.BaseEventLoop.run_forever is original
     assert not _monitor.is_patched()
+    assert not _strict.HUB.patched and not _strict.HUB.recorders
+    assert (time.sleep, concurrent.futures.Future.result) == (sleep, result_method)
+    assert "recv" not in socket.socket.__dict__
+    assert (threading.active_count(), len(gc.callbacks)) == (threads, gc_callbacks)
 
 
 def test_patched_clocks_and_sleep_do_not_change_verdicts(pytester: pytest.Pytester) -> None:
@@ -94,7 +107,7 @@ def test_interrupted_session_tears_down_cleanly(pytester: pytest.Pytester) -> No
     pytester.makeconftest(
         """
         import threading
-        from pytest_loopguard import _monitor
+        from pytest_loopguard import _monitor, _strict
 
         def pytest_unconfigure(config):
             names = [t.name for t in threading.enumerate()]

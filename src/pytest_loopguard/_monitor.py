@@ -30,7 +30,7 @@ from functools import partial
 from types import CodeType, FrameType, TracebackType
 from typing import Any
 
-from . import _hints
+from . import _hints, _strict
 from ._frames import FrameFilter, FrameInfo, RawFrame, current_stack, describe, raw, resolve
 
 # Captured at import so that a test patching time.perf_counter cannot skew a verdict.
@@ -62,6 +62,8 @@ class BlockEvent:
     cpu_wait: float = 0.0
     # The block went past the guard's timeout: the loop thread was interrupted (a hang).
     timed_out: bool = False
+    # Strict mode: the known blocking call made on the loop ("time.sleep()"); duration is 0.
+    call: str | None = None
 
     @property
     def cpu_bound(self) -> bool | None:
@@ -174,7 +176,12 @@ class LoopGuard:
     """
 
     def __init__(
-        self, threshold: float = 0.1, *, debug: bool = False, timeout: float | None = None
+        self,
+        threshold: float = 0.1,
+        *,
+        debug: bool = False,
+        timeout: float | None = None,
+        strict: bool = False,
     ) -> None:
         if not _positive(threshold):
             raise ValueError(f"threshold must be a finite number of seconds > 0, got {threshold!r}")
@@ -184,6 +191,11 @@ class LoopGuard:
         self._timeout = timeout
         self._debug = debug
         self._hang: _HangInterrupt | None = None
+        self._strict = strict
+        # Strict mode: how often each (call, phase, code, line) was seen, and the ones not yet
+        # made events (that reads source files: not while the caller is on the loop thread).
+        self._calls: Counter[tuple[str, str | None, CodeType, int]] = Counter()
+        self._new_calls: list[tuple[Any, ...]] = []
         self._cond = threading.Condition(threading.Lock())
         self._watched: dict[int, _Watched] = {}
         self._allow_depth: dict[int, int] = {}
@@ -260,6 +272,8 @@ class LoopGuard:
         gc.callbacks.append(self._on_gc)
         if self._timeout is not None:
             self._hang = _HangInterrupt.install()
+        if self._strict:
+            _strict.HUB.add(self._record_call)
         _REGISTRY.add(self)
         running = asyncio._get_running_loop()
         if running is not None:
@@ -274,6 +288,8 @@ class LoopGuard:
     ) -> None:
         _REGISTRY.remove(self)
         gc.callbacks.remove(self._on_gc)
+        if self._strict:
+            _strict.HUB.remove(self._record_call)
         if self._hang is not None:
             self._hang.uninstall()
             self._hang = None
@@ -532,6 +548,45 @@ class LoopGuard:
     def _flush(self) -> None:
         ended, self._ended = self._ended, []
         self._events.extend(self._event(w, b, end, queued) for w, b, end, queued in ended)
+        calls, self._new_calls = self._new_calls, []
+        self._events.extend(self._call_event(record) for record in calls)
+
+    def _record_call(self, call: str, hint: _hints.Hint, frame: FrameType) -> None:
+        """Strict mode: a known blocking call from ``frame``; counts only inside a callback."""
+        watched = self._watched.get(threading.get_ident())
+        if watched is None or _find_run_frame(frame) is None:
+            return  # a worker thread, or the loop thread outside any callback
+        stack = current_stack(frame, _ANCHORS)
+        if any(_exempt(f) for f, _ in stack):
+            return
+        user = next((i for i, (f, _) in enumerate(stack) if self._filter.is_user(f)), None)
+        top, users, _, through = self._resolve(stack, user)
+        allowed = self._allow_depth.get(watched.ident, 0) > 0
+        with self._cond:
+            key = (call, self._phase, top[0], top[1])
+            self._calls[key] += 1
+            if self._calls[key] == 1:
+                self._new_calls.append(
+                    (key, hint, top, users, through, allowed, watched.name, self._fixture)
+                )
+
+    def _call_event(self, record: tuple[Any, ...]) -> BlockEvent:
+        key, hint, top, users, through, allowed, thread, fixture = record
+        return BlockEvent(
+            duration=0.0,
+            threshold=self._threshold,
+            cpu_time=None,
+            frame=resolve(top),
+            stack=tuple(resolve(f) for f in users),
+            hint=hint,
+            allowed=allowed,
+            phase=key[1],
+            fixture=fixture,
+            thread=thread,
+            samples=self._calls[key],
+            through=through,
+            call=key[0],
+        )
 
     def _collecting(self, ident: int, start: float, end: float) -> float:
         """Seconds of garbage collection on thread ``ident`` between ``start`` and ``end``."""
@@ -561,6 +616,14 @@ class LoopGuard:
             through=through,
             cpu_wait=queued,
         )
+
+
+def _exempt(frame: FrameType) -> bool:
+    module = str(frame.f_globals.get("__name__", ""))
+    # Thread.start() waits for the new thread to say it runs: the cost of starting a thread.
+    if module == "threading" and frame.f_code.co_name == "start":
+        return True
+    return module.split(".", 1)[0] in _strict.EXEMPT_MODULES
 
 
 def _positive(value: object) -> bool:

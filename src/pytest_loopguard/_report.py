@@ -58,6 +58,12 @@ def _during(event: BlockEvent) -> str:
 
 def headline(event: BlockEvent, root: Path | None = None) -> str:
     """The one-line verdict, as in the test summary: duration, threshold, location."""
+    if event.call is not None:
+        times = f", {event.samples} times" if event.samples > 1 else ""
+        return (
+            f"blocking call {event.call} on the event loop at {_where(event.frame, root)}"
+            f"{_during(event)} (strict mode: fails however short{times})"
+        )
     if event.timed_out:
         return (
             f"event loop hung: a callback held it for {event.duration:.2f} s, past the hang "
@@ -102,7 +108,8 @@ def describe(event: BlockEvent, root: Path | None = None, prefix: str = "") -> l
     if event.frame is not None and event.frame.line:
         lines.append(f"    {event.frame.line}")
     lines.append(f"fix: {event.hint.render()}")
-    lines.append(_cpu_line(event))
+    if event.call is None:
+        lines.append(_cpu_line(event))
     lines.extend(_stack_lines(event, root))
     return lines
 

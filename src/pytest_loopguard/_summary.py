@@ -42,6 +42,7 @@ def as_dict(event: BlockEvent, nodeid: str, settings: Settings, root: Path) -> B
         "hint": {"key": event.hint.key, "cause": event.hint.cause, "fix": event.hint.fix},
         "allowed": allowed,
         "verdict": verdict,
+        "call": event.call,
     }
 
 

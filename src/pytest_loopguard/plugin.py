@@ -108,7 +108,9 @@ def _item_settings(item: pytest.Item) -> Settings:
 def pytest_runtest_protocol(item: pytest.Item) -> Generator[None, object, object]:
     """Watch the loops of one test, from its first fixture to its last teardown."""
     settings = _item_settings(item)
-    guard = LoopGuard(settings.threshold, debug=settings.debug, timeout=settings.timeout)
+    guard = LoopGuard(
+        settings.threshold, debug=settings.debug, timeout=settings.timeout, strict=settings.strict
+    )
     item.stash[_GUARD] = guard
     item.config.stash[_CURRENT] = item
     with guard:
