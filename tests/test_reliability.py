@@ -45,7 +45,8 @@ def test_a_thousand_tests_leave_no_thread_patch_or_hook(pytester: pytest.Pyteste
     result.assert_outcomes(passed=1000)
     assert asyncio.BaseEventLoop.run_forever is original
     assert not _monitor.is_patched()
-    assert not _strict.HUB.patched and not _strict.HUB.recorders
+    assert not _strict.HUB.patched
+    assert not _strict.HUB.recorders
     assert (time.sleep, concurrent.futures.Future.result) == (sleep, result_method)
     assert "recv" not in socket.socket.__dict__
     assert (threading.active_count(), len(gc.callbacks)) == (threads, gc_callbacks)
