@@ -53,7 +53,9 @@ def test_threshold_precedence(
     result.assert_outcomes(**{outcome: 1})
     expected = float(marker or cli or ini or 0.1)
     shown = float(cli or ini or 0.1)
-    result.stdout.fnmatch_lines([f"loopguard: threshold={shown:g}s ({source}), loop-debug=off"])
+    result.stdout.fnmatch_lines(
+        [f"loopguard: threshold={shown:g}s ({source}), loop-debug=off, timeout=off, strict=off"]
+    )
     if outcome == "failed":
         result.stdout.fnmatch_lines([f"*(threshold {expected:.2f} s) at *"])
 
@@ -219,7 +221,9 @@ def test_loop_debug_turns_on_asyncio_debug_for_the_test_only(
     write_ini(pytester, "strict", "loop_debug = true" if how == "ini" else "")
     result = pytester.runpytest(*ASYNCIO, *(["--loop-debug"] if how == "cli" else []))
     result.assert_outcomes(passed=2)
-    result.stdout.fnmatch_lines(["loopguard: threshold=0.1s (default), loop-debug=on"])
+    result.stdout.fnmatch_lines(
+        ["loopguard: threshold=0.1s (default), loop-debug=on, timeout=off, strict=off"]
+    )
 
 
 def test_loop_debug_is_off_by_default(pytester: pytest.Pytester) -> None:
