@@ -3,6 +3,8 @@
     python bench/overhead.py [--rounds 5] [--tests 300] [--sleeps 3000] [--debug-rounds 1]
     python bench/overhead.py --extra "-n 2"                        # under pytest-xdist
     python bench/overhead.py --on-extra=--loop-block-report=r.json  # with the JSON report
+    python bench/overhead.py --on-extra=--loop-block-strict         # strict mode
+    python bench/overhead.py --uvloop                               # every test on uvloop
 
 Generates a suite of async tests, each awaiting ``asyncio.sleep(0)`` many times and sending one
 request to a small FastAPI app through ``httpx.ASGITransport``; runs it with the plugin off
@@ -60,14 +62,25 @@ asyncio_mode = auto
 asyncio_default_fixture_loop_scope = function
 """
 
+# pytest-asyncio's hook: each test runs on a loop from this factory instead of the stdlib's.
+UVLOOP_CONFTEST = """
+import uvloop
+
+
+def pytest_asyncio_loop_factories(config, item):
+    return {"uvloop": uvloop.new_event_loop}
+"""
+
 CONFIGS = {
     "off": ["-p", "no:pytest_loopguard"],
     "on": [],
 }
 
 
-def make_suite(root: Path, tests: int, sleeps: int) -> None:
+def make_suite(root: Path, tests: int, sleeps: int, uvloop: bool = False) -> None:
     (root / "app.py").write_text(textwrap.dedent(APP))
+    if uvloop:
+        (root / "conftest.py").write_text(UVLOOP_CONFTEST)
     (root / "test_bench.py").write_text(textwrap.dedent(TESTS).format(tests=tests, sleeps=sleeps))
     (root / "pytest.ini").write_text(textwrap.dedent(INI))
 
@@ -113,14 +126,19 @@ def main() -> None:
     parser.add_argument("--debug-rounds", type=int, default=1, help="0 skips --loop-debug")
     parser.add_argument("--extra", default="", help="extra pytest args for every config")
     parser.add_argument("--on-extra", default="", help="extra pytest args with the plugin on")
+    parser.add_argument("--uvloop", action="store_true", help="run every test on uvloop")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
-        make_suite(root, args.tests, args.sleeps)
+        make_suite(root, args.tests, args.sleeps, args.uvloop)
         extra = args.extra.split()
         configs = {name: [*flags, *extra] for name, flags in CONFIGS.items()}
         configs["on"] += args.on_extra.split()
-        print(f"{args.tests} tests x {args.sleeps} sleep(0) + 1 ASGI request; {args.rounds} rounds")
+        loop = "uvloop" if args.uvloop else "asyncio"
+        print(
+            f"{args.tests} tests x {args.sleeps} sleep(0) + 1 ASGI request on {loop}; "
+            f"{args.rounds} rounds"
+        )
         report(measure(root, configs, args.rounds))
         if args.debug_rounds:
             debug = {"off": configs["off"], "loop-debug": ["--loop-debug", *extra]}

@@ -2,15 +2,25 @@
 
 from __future__ import annotations
 
+import http.cookiejar  # noqa: F401  (see below)
 import os
 import signal
 import threading
 
+import httpx  # noqa: F401
 import pytest
+import requests  # noqa: F401
+import sqlalchemy.ext.asyncio  # noqa: F401
 
 from pytest_loopguard import _monitor, _strict
 
 pytest_plugins = ["pytester"]
+
+# In-process pytester runs drop every module an inner session imported first. A package that
+# stays (`http`) then keeps a stale submodule attribute (`http.cookiejar`), and a re-imported
+# `requests` mixes the two: `isinstance(jar, cookielib.CookieJar)` fails and requests raises
+# "You can only merge into CookieJar" (seen in CI, order-dependent). Importing the stacks the inner
+# sessions use here, before any snapshot, keeps one copy of each for the whole run.
 
 ASYNCIO = ("-p", "pytest_loopguard", "-p", "asyncio")
 INI = """

@@ -36,9 +36,10 @@ from ._frames import FrameFilter, FrameInfo, RawFrame, current_stack, describe, 
 # Captured at import so that a test patching time.perf_counter cannot skew a verdict.
 _clock = time.perf_counter
 _monotonic = time.monotonic
+# How far apart two clock readings taken a few lines apart can be, GIL hand-offs included.
+_CLOCK_SLACK = 0.001
 _RUN_CODE: CodeType = asyncio.events.Handle._run.__code__
 _IMPORT_MACHINERY = "<frozen importlib._bootstrap"
-_RUN_ONCE_CODE: CodeType = asyncio.BaseEventLoop._run_once.__code__  # type: ignore[attr-defined]
 
 
 @dataclass(frozen=True)
@@ -116,6 +117,9 @@ class _Block:
     queued_last: float | None = None
     importing: float = 0.0  # seconds of the block spent in first imports
     hung: bool = False  # reported and interrupted as a hang already
+    # Running already when this guard took its loop over: it began before the test did, so
+    # it is not the test's to answer for (nor to interrupt).
+    inherited: bool = False
     needs_beat: bool = False  # uvloop: only a heartbeat tells one callback from the next
     beat: float | None = None  # when the heartbeat that proves this block over was posted
     ended_by: float | None = None  # when a heartbeat first ran after that: the block was over
@@ -139,6 +143,8 @@ class _Watched:
     loops: list[Any] = field(default_factory=list)  # the loops it runs, innermost last
     tickers: list[_Ticker] = field(default_factory=list)  # one per uvloop loop it runs
     beat_ran: float = -math.inf  # when a heartbeat last ran on this thread's loop
+    # Taken over while running this callback (see LoopGuard._take_over): not ours to blame.
+    inherited: FrameType | None = None
     loop_debug: list[tuple[asyncio.AbstractEventLoop, bool, float]] = field(default_factory=list)
 
 
@@ -151,10 +157,13 @@ class _Ticker:
     the start of any callback seen afterwards, whatever the watchdog missed.
     """
 
-    def __init__(self, loop: Any, period: float, beat: Callable[[], None]) -> None:
+    def __init__(
+        self, loop: Any, period: float, beat: Callable[[], None], *, threadsafe: bool = False
+    ) -> None:
         self._loop, self._period, self._beat = loop, period, beat
         self._stopped = False
-        self._handle = loop.call_soon(self._tick)
+        schedule = loop.call_soon_threadsafe if threadsafe else loop.call_soon
+        self._handle = schedule(self._tick)
 
     def _tick(self) -> None:
         self._beat()
@@ -162,8 +171,13 @@ class _Ticker:
             self._handle = self._loop.call_later(self._period, self._tick)
 
     def stop(self) -> None:
+        """Called on the loop's thread: cancel the next tick."""
         self._stopped = True
         self._handle.cancel()
+
+    def retire(self) -> None:
+        """Called from any thread (the guard ends, the loop runs on): the next tick is the last."""
+        self._stopped = True
 
 
 class LoopGuard:
@@ -227,13 +241,34 @@ class LoopGuard:
             return list(self._events)
 
     def _settle_caller(self) -> None:
-        # Asked from a loop callback: a block of this thread that is not the running callback
-        # has ended, even if the watchdog has not looked since.
-        watched = self._watched.get(threading.get_ident())
-        if watched is not None:
-            now = _clock()
+        # A block that is no longer its thread's running callback has ended, even if the
+        # watchdog has not looked since: the caller (the plugin, at the end of a test phase)
+        # may have been woken by the very callback that ends it, on a server loop's thread.
+        here, now = threading.get_ident(), _clock()
+        frames = sys._current_frames()
+        frames[here] = sys._getframe()
+        for ident, watched in self._watched.items():
             self._beaten(watched, now)
-            self._settle(watched, _find_run_frame(sys._getframe()), now)
+            self._settle(watched, _find_run_frame(frames.get(ident)), now)
+        del frames
+
+    def close_ongoing(self) -> None:
+        """End of a test phase: a callback still holding another thread's loop past the
+        threshold is recorded now, in this phase; the rest of it is left out of later ones.
+
+        A test that hands work to a server loop and does not wait for it would otherwise pass,
+        and the next test be blamed for a block it did not start.
+        """
+        here, now = threading.get_ident(), _clock()
+        with self._cond:
+            self._settle_caller()
+            for ident, watched in self._watched.items():
+                block = watched.block
+                if ident == here or block is None or not block.armed or block.inherited:
+                    continue
+                if now - block.start >= self._threshold:
+                    self._close(watched, now)
+                    watched.inherited = block.run_frame
 
     @property
     def context(self) -> tuple[str | None, str | None]:
@@ -274,9 +309,9 @@ class LoopGuard:
             self._hang = _HangInterrupt.install()
         if self._strict:
             _strict.HUB.add(self._record_call)
-        _REGISTRY.add(self)
+        adopted = _REGISTRY.add(self)
         running = asyncio._get_running_loop()
-        if running is not None:
+        if running is not None and not any(loop is running for _, loop in adopted):
             self._loop_started(running)
         return self
 
@@ -303,6 +338,8 @@ class LoopGuard:
             for watched in self._watched.values():
                 self._settle(watched, None, _clock())
                 self._restore_debug(watched)
+                for ticker in watched.tickers:
+                    ticker.retire()
                 if watched.queue_clock is not None:
                     watched.queue_clock.close()
             self._watched.clear()
@@ -321,27 +358,28 @@ class LoopGuard:
 
     # -- called on the loop thread by the run_forever wrapper ----------------------------
 
-    def _loop_started(self, loop: asyncio.AbstractEventLoop) -> None:
-        ident = threading.get_ident()
+    def _loop_started(self, loop: asyncio.AbstractEventLoop, ident: int | None = None) -> None:
+        """``loop`` runs on thread ``ident``: the current one, or another one already running it
+        when this guard became active (taken over, see ``_Registry.add``)."""
+        here = threading.get_ident()
+        ident = here if ident is None else ident
         with self._cond:
             if self._stopping:
                 return
             watched = self._watched.get(ident)
             if watched is None:
-                name = threading.current_thread().name
-                clock = _cpu_clock(ident)
-                watched = _Watched(ident, name, clock, _clock(), _read(clock))
-                watched.queue_clock = _RunQueueClock.open(threading.get_native_id())
-                watched.queued_at_poll = _queued(watched)
-                self._watched[ident] = watched
+                watched = self._new_watched(ident)
             else:
                 watched.depth += 1
-            if self._debug:
+            # Debug mode is switched from the loop's own thread only (set_debug is not safe
+            # from another one); a loop taken over keeps its setting.
+            if self._debug and ident == here:
                 self._apply_debug(watched, loop)
             watched.loops.append(loop)
             if not isinstance(loop, asyncio.BaseEventLoop):
                 beat = partial(self._beat, watched)
-                watched.tickers.append(_Ticker(loop, self._tick_period(), beat))
+                ticker = _Ticker(loop, self._tick_period(), beat, threadsafe=ident != here)
+                watched.tickers.append(ticker)
             starting = self._thread is None
             if starting:
                 self._thread = threading.Thread(
@@ -352,6 +390,22 @@ class LoopGuard:
         # holds costs a forced GIL hand-off, about as much as a thousand loop callbacks.
         if starting and thread is not None:
             thread.start()
+
+    def _new_watched(self, ident: int) -> _Watched:
+        if ident == threading.get_ident():
+            thread: threading.Thread | None = threading.current_thread()
+        else:
+            thread = next((t for t in threading.enumerate() if t.ident == ident), None)
+        name = thread.name if thread is not None else f"thread {ident}"
+        native = getattr(thread, "native_id", None)
+        clock = _cpu_clock(ident)
+        watched = _Watched(ident, name, clock, _clock(), _read(clock))
+        watched.queue_clock = _RunQueueClock.open(native) if native is not None else None
+        watched.queued_at_poll = _queued(watched)
+        if ident != threading.get_ident():
+            watched.inherited = _find_run_frame(sys._current_frames().get(ident))
+        self._watched[ident] = watched
+        return watched
 
     def _loop_stopped(self, loop: asyncio.AbstractEventLoop) -> None:
         ident = threading.get_ident()
@@ -446,6 +500,7 @@ class LoopGuard:
         # The same coroutine frame runs every step of a task on uvloop, so seeing it twice does
         # not prove one callback held the loop; a heartbeat run in between disproves it.
         block.needs_beat = _is_uvloop_callback(run_frame)
+        block.inherited = run_frame is watched.inherited
         return block
 
     def _tick_period(self) -> float:
@@ -489,7 +544,9 @@ class LoopGuard:
             # A late look must not stretch a block: the heartbeat runs right after the callback
             # and bounds its end even when a busy loop keeps this watchdog from the GIL.
             self._post_beat(watched, block, now)
-        if self._timeout is not None and not block.hung and now - block.start >= self._timeout:
+        if block.hung or block.inherited or self._timeout is None:
+            return
+        if now - block.start >= self._timeout:
             self._interrupt(watched, block, top, now)
 
     def _interrupt(
@@ -529,7 +586,9 @@ class LoopGuard:
     def _close(self, watched: _Watched, now: float, ended_by: float | None = None) -> None:
         """End the block of ``watched``: it was last seen running, and is gone at ``now``."""
         block, watched.block = watched.block, None
-        if block is None or not block.counts or not block.armed or block.hung:
+        if block is not None and block.inherited:
+            watched.inherited = None  # over: whatever runs next is the test's
+        if block is None or not block.counts or not block.armed or block.hung or block.inherited:
             # Unarmed: it had run under half the threshold when last seen. A look that came
             # late proves nothing: a busy loop thread that releases the GIL around every
             # select() and takes it straight back can keep this watchdog waiting for it.
@@ -554,8 +613,9 @@ class LoopGuard:
     def _record_call(self, call: str, hint: _hints.Hint, frame: FrameType) -> None:
         """Strict mode: a known blocking call from ``frame``; counts only inside a callback."""
         watched = self._watched.get(threading.get_ident())
-        if watched is None or _find_run_frame(frame) is None:
-            return  # a worker thread, or the loop thread outside any callback
+        run_frame = None if watched is None else _find_run_frame(frame)
+        if watched is None or run_frame is None or run_frame is watched.inherited:
+            return  # a worker thread, the loop thread outside any callback, or not the test's
         stack = current_stack(frame, _ANCHORS)
         if any(_exempt(f) for f, _ in stack):
             return
@@ -770,21 +830,25 @@ def _start_estimate(run_frame: FrameType, since: float, now: float, tick: float)
     """
     if _is_uvloop_callback(run_frame):
         return since + min(now - since, tick) / 2
-    batch = _batch_start(run_frame, now)
-    if batch is not None and since <= batch <= now:
-        return batch
+    batch = _batch_start(run_frame)
+    if batch is not None and since - _CLOCK_SLACK <= batch <= now:
+        # A batch that began just before ``since`` is this clock's jitter: the loop was
+        # seen starting it (a loop's first batch starts right after it is registered).
+        return max(batch, since)
     return (since + now) / 2
 
 
-def _batch_start(run_frame: FrameType, now: float) -> float | None:
+def _batch_start(run_frame: FrameType) -> float | None:
     caller = run_frame.f_back
-    if caller is None or caller.f_code is not _RUN_ONCE_CODE:
+    # By name: nest_asyncio's re-implementation of _run_once keeps the same ``end_time``.
+    if caller is None or caller.f_code.co_name != "_run_once":
         return None
     end_time = caller.f_locals.get("end_time")
     if not isinstance(end_time, float):
         return None
-    # end_time is on the loop's clock (time.monotonic); move it onto ours.
-    return end_time + (now - _monotonic())
+    # end_time is on the loop's clock (time.monotonic); move it onto ours, with the offset
+    # read back to back (an offset from an earlier ``now`` would shift it by the delay).
+    return end_time + (_clock() - _monotonic())
 
 
 def _is_uvloop_callback(run_frame: FrameType) -> bool:
@@ -820,14 +884,22 @@ class _Registry:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self.guards: tuple[LoopGuard, ...] = ()
-        # (class, the run_forever it had in its own __dict__ or None, the wrapper we set)
-        self._patched: list[tuple[type, object, object]] = []
+        # (class, method name, what it had in its own __dict__ or None, the wrapper we set)
+        self._patched: list[tuple[type, str, object, object]] = []
+        # (thread ident, loop) for each loop inside our wrapper, even after uninstalling: a
+        # server loop that a module fixture started keeps running through later tests.
+        self._running: list[tuple[int, Any]] = []
 
-    def add(self, guard: LoopGuard) -> None:
+    def add(self, guard: LoopGuard) -> list[tuple[int, Any]]:
+        """Make ``guard`` active; it takes over the loops already running, which are returned."""
         with self._lock:
             if not self.guards:
                 self._install()
             self.guards = (*self.guards, guard)
+            # Under the lock: a loop cannot stop between being listed and being taken over.
+            for ident, loop in self._running:
+                guard._loop_started(loop, ident)
+            return list(self._running)
 
     def remove(self, guard: LoopGuard) -> None:
         with self._lock:
@@ -842,56 +914,101 @@ class _Registry:
     @contextmanager
     def running(self, loop: Any) -> Iterator[None]:
         """Tell every active guard that this thread runs ``loop`` until the block ends."""
-        guards = self.guards
+        entry = (threading.get_ident(), loop)
+        guards = self._enter(entry)
+        if guards is None:
+            yield
+            return
         for guard in guards:
             guard._loop_started(loop)
         try:
             yield
         finally:
-            for guard in guards:
+            for guard in self._leave(entry, guards):
                 guard._loop_stopped(loop)
+
+    def _enter(self, entry: tuple[int, Any]) -> tuple[LoopGuard, ...] | None:
+        """The guards to tell, or None when this thread already runs this loop in our wrapper:
+        a nested run of it (nest_asyncio), or a subclass's run_forever calling its base's."""
+        ident, loop = entry
+        with self._lock:
+            if any(i == ident and running is loop for i, running in self._running):
+                return None
+            self._running.append(entry)
+            return self.guards
+
+    def _leave(
+        self, entry: tuple[int, Any], guards: tuple[LoopGuard, ...]
+    ) -> tuple[LoopGuard, ...]:
+        """The guards to tell that the loop stopped: also those that took it over since."""
+        with self._lock:
+            self._running.remove(entry)
+            return (*guards, *(g for g in self.guards if g not in guards))
 
     def _install(self) -> None:
         try:
-            self._patch(asyncio.BaseEventLoop, _run_stdlib)
+            for cls, name in _stdlib_entry_points():
+                self._patch(cls, name, _run_stdlib)
             uvloop = sys.modules.get("uvloop")
             uv_class = getattr(uvloop, "Loop", None)
             if isinstance(uv_class, type):
-                self._patch(uv_class, _run_uvloop)
+                self._patch(uv_class, "run_forever", _run_uvloop)
         except BaseException:
             self._uninstall()  # all or nothing
             raise
 
-    def _patch(self, cls: type, entry: Callable[[Any, Callable[[Any], None]], None]) -> None:
-        own = cls.__dict__.get("run_forever")
-        original: Callable[[Any], None] = cls.run_forever  # type: ignore[attr-defined]
+    def _patch(self, cls: type, name: str, entry: Callable[..., Any]) -> None:
+        own = cls.__dict__.get(name)
+        original: Callable[..., Any] = getattr(cls, name)
 
-        def run_forever(loop: Any) -> None:
-            entry(loop, original)
+        def run(loop: Any, *args: Any) -> Any:
+            return entry(loop, original, *args)
 
-        run_forever.__wrapped__ = original  # type: ignore[attr-defined]
-        cls.run_forever = run_forever  # type: ignore[attr-defined]
-        self._patched.append((cls, own, run_forever))
+        run.__name__ = run.__qualname__ = name
+        run.__wrapped__ = original  # type: ignore[attr-defined]
+        setattr(cls, name, run)
+        self._patched.append((cls, name, own, run))
 
     def _uninstall(self) -> None:
-        for cls, own, _ in reversed(self._patched):
+        for cls, name, own, ours in reversed(self._patched):
+            if cls.__dict__.get(name) is not ours:
+                continue  # replaced since by the test or a library: theirs stays
             if own is None:
-                delattr(cls, "run_forever")
+                delattr(cls, name)
             else:
-                cls.run_forever = own  # type: ignore[attr-defined]
+                setattr(cls, name, own)
         self._patched.clear()
 
 
-def _run_stdlib(loop: Any, original: Callable[[Any], None]) -> None:
+def _stdlib_entry_points() -> list[tuple[type, str]]:
+    """Where stdlib-based loops start running callbacks: ``BaseEventLoop.run_forever``, and the
+    ``run_forever``/``run_until_complete`` of any subclass that has its own.
+
+    Windows' proactor loop has its own ``run_forever``; ``nest_asyncio.apply()`` sets both on
+    the loop's class for good, and its ``run_until_complete`` never calls ``run_forever``:
+    patching only the base would leave every later loop of that class unwatched.
+    """
+    found: list[tuple[type, str]] = [(asyncio.BaseEventLoop, "run_forever")]
+    todo = list(asyncio.BaseEventLoop.__subclasses__())
+    while todo:
+        cls = todo.pop()
+        for name in ("run_forever", "run_until_complete"):
+            if name in cls.__dict__ and (cls, name) not in found:
+                found.append((cls, name))
+        todo.extend(cls.__subclasses__())
+    return found
+
+
+def _run_stdlib(loop: Any, original: Callable[..., Any], *args: Any) -> Any:
     with _REGISTRY.running(loop):
-        original(loop)
+        return original(loop, *args)
 
 
-def _run_uvloop(loop: Any, original: Callable[[Any], None]) -> None:
+def _run_uvloop(loop: Any, original: Callable[..., Any], *args: Any) -> Any:
     # uvloop runs callbacks from C: this frame is the Python frame right under each of them,
     # so the frame above it on a loop thread's stack is the running callback.
     with _REGISTRY.running(loop):
-        original(loop)
+        return original(loop, *args)
 
 
 _REGISTRY = _Registry()

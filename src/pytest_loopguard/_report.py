@@ -50,10 +50,16 @@ def _where(frame: FrameInfo | None, root: Path | None) -> str:
 
 def _during(event: BlockEvent) -> str:
     if event.fixture:
-        return f" (during {event.phase or 'setup'} of fixture '{event.fixture}')"
-    if event.phase in ("setup", "teardown"):
-        return f" (during {event.phase})"
-    return ""
+        during = f" (during {event.phase or 'setup'} of fixture '{event.fixture}')"
+    elif event.phase in ("setup", "teardown"):
+        during = f" (during {event.phase})"
+    else:
+        during = ""
+    # A loop in a worker thread (a server the test starts, a blocking portal): say which, so
+    # nobody looks for the block on the test's own loop.
+    if event.thread and event.thread != "MainThread":
+        during += f" (loop in thread '{event.thread}')"
+    return during
 
 
 def headline(event: BlockEvent, root: Path | None = None) -> str:

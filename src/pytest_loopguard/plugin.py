@@ -141,6 +141,8 @@ def _run_phase(item: pytest.Item, phase: str) -> Generator[None, object, object]
     if guard is not None:
         guard.set_context(phase)
     result = yield
+    if guard is not None:
+        guard.close_ongoing()
     failing = _failing(item, _phase_events(item, phase))
     if failing and _item_settings(item).mode == "warn":
         _warn(item, failing)
