@@ -3,7 +3,7 @@
     python bench/overhead.py [--rounds 5] [--tests 300] [--sleeps 3000] [--debug-rounds 1]
     python bench/overhead.py --extra "-n 2"                        # under pytest-xdist
     python bench/overhead.py --on-extra=--loop-block-report=r.json  # with the JSON report
-    python bench/overhead.py --on-extra=--loop-block-strict         # strict mode
+    python bench/overhead.py --variant strict=--loop-block-strict   # strict mode, in the rotation
     python bench/overhead.py --uvloop                               # every test on uvloop
 
 Generates a suite of async tests, each awaiting ``asyncio.sleep(0)`` many times and sending one
@@ -127,6 +127,13 @@ def main() -> None:
     parser.add_argument("--extra", default="", help="extra pytest args for every config")
     parser.add_argument("--on-extra", default="", help="extra pytest args with the plugin on")
     parser.add_argument("--uvloop", action="store_true", help="run every test on uvloop")
+    parser.add_argument(
+        "--variant",
+        action="append",
+        default=[],
+        metavar="NAME=ARGS",
+        help="one more plugin-on configuration timed in the same rotation (repeatable)",
+    )
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
@@ -134,6 +141,9 @@ def main() -> None:
         extra = args.extra.split()
         configs = {name: [*flags, *extra] for name, flags in CONFIGS.items()}
         configs["on"] += args.on_extra.split()
+        for variant in args.variant:
+            name, _, flags = variant.partition("=")
+            configs[name] = [*flags.split(), *extra]
         loop = "uvloop" if args.uvloop else "asyncio"
         print(
             f"{args.tests} tests x {args.sleeps} sleep(0) + 1 ASGI request on {loop}; "

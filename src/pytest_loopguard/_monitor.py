@@ -113,14 +113,18 @@ class _Block:
     allowed: bool = False
     armed: bool = False
     cpu_since: float = 0.0
-    queued_first: float | None = None  # the thread's run-queue wait so far, at cpu_since
+    # The thread's run-queue wait so far, read from the time the block armed (queued_since):
+    # reading /proc drops the GIL, which costs a busy loop a GIL hand-off, so not on every look.
+    queued_first: float | None = None
     queued_last: float | None = None
+    queued_since: float = 0.0
+    opened: float = 0.0  # when the watchdog first saw it
     importing: float = 0.0  # seconds of the block spent in first imports
     hung: bool = False  # reported and interrupted as a hang already
     # Running already when this guard took its loop over: it began before the test did, so
     # it is not the test's to answer for (nor to interrupt).
     inherited: bool = False
-    needs_beat: bool = False  # uvloop: only a heartbeat tells one callback from the next
+    needs_beat: bool = False  # uvloop: only a tick or heartbeat tells one callback from the next
     beat: float | None = None  # when the heartbeat that proves this block over was posted
     ended_by: float | None = None  # when a heartbeat first ran after that: the block was over
     counts: Counter[tuple[CodeType, int]] = field(default_factory=Counter)
@@ -137,7 +141,6 @@ class _Watched:
     last_poll: float
     cpu_at_poll: float | None = None
     queue_clock: _RunQueueClock | None = None
-    queued_at_poll: float | None = None
     depth: int = 1
     block: _Block | None = None
     loops: list[Any] = field(default_factory=list)  # the loops it runs, innermost last
@@ -401,7 +404,6 @@ class LoopGuard:
         clock = _cpu_clock(ident)
         watched = _Watched(ident, name, clock, _clock(), _read(clock))
         watched.queue_clock = _RunQueueClock.open(native) if native is not None else None
-        watched.queued_at_poll = _queued(watched)
         if ident != threading.get_ident():
             watched.inherited = _find_run_frame(sys._current_frames().get(ident))
         self._watched[ident] = watched
@@ -495,10 +497,9 @@ class LoopGuard:
         since = max(watched.last_poll, watched.beat_ran)
         start = _start_estimate(run_frame, since, now, self._tick_period())
         block = _Block(run_frame, start, now, cpu, cpu, self._phase, self._fixture)
-        block.cpu_since = watched.last_poll
-        block.queued_first = block.queued_last = watched.queued_at_poll
+        block.cpu_since, block.opened = watched.last_poll, now
         # The same coroutine frame runs every step of a task on uvloop, so seeing it twice does
-        # not prove one callback held the loop; a heartbeat run in between disproves it.
+        # not prove one callback held the loop; a tick run in between disproves it.
         block.needs_beat = _is_uvloop_callback(run_frame)
         block.inherited = run_frame is watched.inherited
         return block
@@ -520,7 +521,11 @@ class LoopGuard:
         now = _clock()
         watched.beat_ran = now
         block = watched.block
-        if block is not None and block.beat is not None and block.ended_by is None:
+        if block is None or block.ended_by is not None:
+            return
+        # A beat posted behind the block, or on uvloop any tick run after it was seen: either
+        # ran only once the callback let go of the loop.
+        if block.beat is not None or (block.needs_beat and now > block.opened):
             block.ended_by = now
 
     def _observe(self, watched: _Watched, block: _Block, top: FrameType | None, now: float) -> None:
@@ -535,12 +540,17 @@ class LoopGuard:
     def _after_sampling(self, watched: _Watched, top: FrameType | None, now: float) -> None:
         """What may drop the GIL (a socket write, /proc, source files): after every sample."""
         block = watched.block
-        cpu, queued = _read(watched.cpu_clock), _queued(watched)
-        watched.cpu_at_poll, watched.queued_at_poll = cpu, queued
+        watched.cpu_at_poll = cpu = _read(watched.cpu_clock)
         if block is None:
             return
-        block.cpu_last, block.queued_last = cpu, queued
-        if (block.armed or block.needs_beat) and block.beat is None:
+        block.cpu_last = cpu
+        if not block.armed:
+            return  # the rest drops the GIL: only for a block that may get a verdict
+        queued = _queued(watched)
+        if block.queued_first is None:
+            block.queued_first, block.queued_since = queued, now
+        block.queued_last = queued
+        if block.beat is None:
             # A late look must not stretch a block: the heartbeat runs right after the callback
             # and bounds its end even when a busy loop keeps this watchdog from the GIL.
             self._post_beat(watched, block, now)
@@ -795,7 +805,7 @@ def _run_queue_wait(block: _Block, duration: float) -> float:
     """Seconds of the block the loop thread spent runnable but not running, scaled like CPU."""
     if block.queued_first is None or block.queued_last is None:
         return 0.0
-    observed = block.last_seen - block.cpu_since
+    observed = block.last_seen - block.queued_since
     waited = max(block.queued_last - block.queued_first, 0.0)
     if observed <= 0:
         return min(waited, duration)
