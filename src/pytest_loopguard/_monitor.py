@@ -623,9 +623,11 @@ class LoopGuard:
     def _record_call(self, call: str, hint: _hints.Hint, frame: FrameType) -> None:
         """Strict mode: a known blocking call from ``frame``; counts only inside a callback."""
         watched = self._watched.get(threading.get_ident())
-        run_frame = None if watched is None else _find_run_frame(frame)
-        if watched is None or run_frame is None or run_frame is watched.inherited:
-            return  # a worker thread, the loop thread outside any callback, or not the test's
+        if watched is None or _exempt(frame):
+            return  # a worker thread, or asyncio/threading internals (checked first: cheap)
+        run_frame = _find_run_frame(frame)
+        if run_frame is None or run_frame is watched.inherited:
+            return  # the loop thread outside any callback, or a callback not the test's
         stack = current_stack(frame, _ANCHORS)
         if any(_exempt(f) for f, _ in stack):
             return
