@@ -44,6 +44,7 @@ def _no_leaks() -> object:
     """Every test leaves no patch and no watchdog thread of ours behind."""
     yield
     assert not _monitor.is_patched(), "run_forever is still patched"
+    assert not _monitor._REGISTRY._running, "a loop stayed registered as running"
     assert not _strict.HUB.patched, "strict mode's wrappers stayed"
     assert not _strict.HUB.recorders, "a strict guard stayed registered"
     names = [t.name for t in threading.enumerate()]
