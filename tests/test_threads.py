@@ -101,6 +101,17 @@ def test_sixth_fires_and_forgets(server_loop):
 
 def test_seventh_is_not_blamed_for_what_still_runs(server_loop):
     time.sleep(0.5)
+
+@pytest.fixture
+def fires_late_in_setup(server_loop):
+    server_loop.call_soon_threadsafe(stall_across_phases)
+    time.sleep(0.06)  # seen by the watchdog in setup, still under the threshold there
+
+def stall_across_phases():
+    time.sleep(0.3)
+
+def test_eighth_block_that_began_in_setup_counts_in_the_call(fires_late_in_setup):
+    time.sleep(0.5)
 """
 
 
@@ -112,7 +123,7 @@ def test_a_long_lived_loop_thread_is_blamed_on_the_test_that_blocks_it(
     # only there, even when the test does not wait for it to end.
     pytester.makepyfile(test_server=SERVER)
     result = run(pytester, "-p", "no:randomly")
-    result.assert_outcomes(failed=3, passed=4)
+    result.assert_outcomes(failed=4, passed=4)
     where = "test_server.py:20 in slow (loop in thread 'server-loop')"
     result.stdout.fnmatch_lines(
         [
@@ -125,11 +136,15 @@ def test_a_long_lived_loop_thread_is_blamed_on_the_test_that_blocks_it(
             "_* test_sixth_fires_and_forgets _*",
             "LoopBlockedError: event loop blocked for 0.2* s (threshold 0.10 s) at test_server.py:"
             "38 in stall (loop in thread 'server-loop')",
+            "_* test_eighth_block_that_began_in_setup_counts_in_the_call _*",
+            "LoopBlockedError: event loop blocked for 0.* s (threshold 0.10 s) at test_server.py:"
+            "53 in stall_across_phases (loop in thread 'server-loop')",
             "*= short test summary info =*",
             "FAILED test_server.py::test_second_blocks_it - *",
             "FAILED test_server.py::test_fourth_blocks_it_from_async - *",
             "FAILED test_server.py::test_sixth_fires_and_forgets - *",
-            "*= 3 failed, 4 passed in *",
+            "FAILED test_server.py::test_eighth_block_that_began_in_setup_counts_in_the_call - *",
+            "*= 4 failed, 4 passed in *",
         ]
     )
 

@@ -187,8 +187,10 @@ class LoopGuard:
     """Record every callback that holds an asyncio event loop for ``threshold`` seconds or more.
 
     ``with LoopGuard(threshold=0.1) as guard: asyncio.run(main())``, then read ``guard.events``.
-    Works for loops started inside the ``with`` block in any thread, and for the loop running
-    in the current thread when the block is entered. ``debug=True`` also turns on asyncio's debug
+    Works for loops started inside the ``with`` block in any thread, for the loop running in the
+    current thread when the block is entered, and for loops that other threads started while an
+    earlier guard was active and still run (taken over: the callback such a loop is in when the
+    block is entered is not counted). ``debug=True`` also turns on asyncio's debug
     mode on those loops, with ``slow_callback_duration`` set to the threshold.
     """
 
@@ -281,7 +283,18 @@ class LoopGuard:
     def set_context(self, phase: str | None = None, fixture: str | None = None) -> None:
         """Label the blocks that start from now on (the plugin passes its test phase here)."""
         with self._cond:
+            if phase != self._phase:
+                self._carry_over(phase, fixture)
             self._phase, self._fixture = phase, fixture
+
+    def _carry_over(self, phase: str | None, fixture: str | None) -> None:
+        # A callback on another thread's loop that began late in the last phase and is still
+        # running: the phase it began in has had its verdict, so it counts in the new one.
+        here = threading.get_ident()
+        for ident, watched in self._watched.items():
+            block = watched.block
+            if ident != here and block is not None and not block.inherited:
+                block.phase, block.fixture = phase, fixture
 
     def name_fixture(self, since: int, fixture: str) -> None:
         """Give ``fixture`` to the unnamed blocks recorded after the first ``since`` events."""
