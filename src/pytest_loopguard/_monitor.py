@@ -141,6 +141,8 @@ class _Watched:
     last_poll: float
     cpu_at_poll: float | None = None
     queue_clock: _RunQueueClock | None = None
+    # Opened on the first block that arms, not per loop start (an open and a close a run).
+    native_id: int | None = None
     depth: int = 1
     block: _Block | None = None
     loops: list[Any] = field(default_factory=list)  # the loops it runs, innermost last
@@ -416,7 +418,7 @@ class LoopGuard:
         native = getattr(thread, "native_id", None)
         clock = _cpu_clock(ident)
         watched = _Watched(ident, name, clock, _clock(), _read(clock))
-        watched.queue_clock = _RunQueueClock.open(native) if native is not None else None
+        watched.native_id = native
         if ident != threading.get_ident():
             watched.inherited = _find_run_frame(sys._current_frames().get(ident))
         self._watched[ident] = watched
@@ -812,6 +814,9 @@ class _RunQueueClock:
 
 
 def _queued(watched: _Watched) -> float | None:
+    if watched.queue_clock is None and watched.native_id is not None:
+        watched.queue_clock = _RunQueueClock.open(watched.native_id)
+        watched.native_id = None  # one try
     clock = watched.queue_clock
     return None if clock is None else clock.read()
 
