@@ -99,7 +99,9 @@ def slow_fifo():
 
 
 def sync_engine(_url):
-    engine = sqlalchemy.create_engine("sqlite://")
+    # NullPool: the connection closes when the test drops it, not when the engine is collected
+    # in a later test (an unclosed sqlite3 connection is a ResourceWarning from Python 3.13).
+    engine = sqlalchemy.create_engine("sqlite://", poolclass=sqlalchemy.pool.NullPool)
 
     @sqlalchemy.event.listens_for(engine, "connect")
     def _connect(dbapi_connection, _record):

@@ -644,7 +644,7 @@ class LoopGuard:
         if run_frame is None or run_frame is watched.inherited:
             return  # the loop thread outside any callback, or a callback not the test's
         stack = current_stack(frame, _ANCHORS)
-        if any(_exempt(f) for f, _ in stack):
+        if self._exempt_stack(stack):
             return
         user = next((i for i, (f, _) in enumerate(stack) if self._filter.is_user(f)), None)
         top, users, _, through = self._resolve(stack, user)
@@ -656,6 +656,17 @@ class LoopGuard:
                 self._new_calls.append(
                     (key, hint, top, users, through, allowed, watched.name, self._fixture)
                 )
+
+    def _exempt_stack(self, stack: list[tuple[FrameType, int]]) -> bool:
+        """Whether a blocking call with this stack (innermost first) is none of the test's."""
+        user_seen = False
+        for frame, _ in stack:
+            if _module_root(frame) in _strict.EXEMPT_MODULES:
+                return True
+            if not user_seen and _exempt(frame):
+                return True  # made by asyncio or threading internals, not by user code
+            user_seen = user_seen or self._filter.is_user(frame)
+        return False
 
     def _call_event(self, record: tuple[Any, ...]) -> BlockEvent:
         key, hint, top, users, through, allowed, thread, fixture = record
@@ -705,12 +716,17 @@ class LoopGuard:
         )
 
 
+def _module_root(frame: FrameType) -> str:
+    return str(frame.f_globals.get("__name__", "")).split(".", 1)[0]
+
+
 def _exempt(frame: FrameType) -> bool:
-    module = str(frame.f_globals.get("__name__", ""))
+    """Whether a blocking call made right from ``frame`` is the machinery's, not the test's."""
+    root = _module_root(frame)
     # Thread.start() waits for the new thread to say it runs: the cost of starting a thread.
-    if module == "threading" and frame.f_code.co_name == "start":
+    if root == "threading" and frame.f_code.co_name == "start":
         return True
-    return module.split(".", 1)[0] in _strict.EXEMPT_MODULES
+    return root in _strict.EXEMPT_MODULES or root in _strict.EXEMPT_CALLERS
 
 
 def _positive(value: object) -> bool:

@@ -1,6 +1,6 @@
 """Strict mode: known blocking calls made on a loop thread, however short.
 
-Where the stdlib raises an audit event (``time.sleep`` on 3.11+, socket connect and DNS,
+Where the stdlib raises an audit event (``time.sleep`` from 3.13, socket connect and DNS,
 ``open``, subprocesses) a process-wide audit hook sees it; audit hooks cannot be removed, so it
 returns at once unless a strict guard is active. Elsewhere a few Python-level methods are
 wrapped while a strict guard is active, and restored after. Nothing raises in the caller: each
@@ -22,7 +22,7 @@ from . import _hints
 
 # Audit event -> (the call as a user reads it, its hint, whether its arguments say it blocks).
 _AUDITED: dict[str, tuple[str, _hints.Hint, Callable[[tuple[Any, ...]], bool]]] = {
-    "time.sleep": ("time.sleep()", _hints.SLEEP, lambda a: bool(a) and a[0] > 0),  # 3.12+
+    "time.sleep": ("time.sleep()", _hints.SLEEP, lambda a: bool(a) and a[0] > 0),  # 3.13+
     "socket.connect": ("socket.connect()", _hints.SOCKET, lambda a: _blocking_socket(a[0])),
     "socket.getaddrinfo": ("socket.getaddrinfo()", _hints.DNS, lambda a: True),
     "socket.gethostbyname": ("socket.gethostbyname()", _hints.DNS, lambda a: True),
@@ -32,9 +32,13 @@ _AUDITED: dict[str, tuple[str, _hints.Hint, Callable[[tuple[Any, ...]], bool]]] 
     "os.system": ("os.system()", _hints.SUBPROCESS, lambda a: True),
 }
 
-# Calls made from inside these modules are their own business on the loop: asyncio starting a
-# subprocess transport, first imports, this package reading source files for a report.
-EXEMPT_MODULES = ("asyncio", "importlib", "pytest_loopguard", "linecache", "tokenize")
+# Calls made from inside these modules are their own business on the loop, wherever they are on
+# the stack: first imports, this package reading source files for a report.
+EXEMPT_MODULES = ("importlib", "pytest_loopguard", "linecache", "tokenize")
+# Calls these make before any user frame: asyncio's own socket and subprocess machinery. Not
+# further out: a pure-Python ``Task.__step`` (Python 3.10's asyncio.Runner backport) sits under
+# every test coroutine.
+EXEMPT_CALLERS = ("asyncio",)
 
 Recorder = Callable[[str, _hints.Hint, Any], None]
 
@@ -161,7 +165,7 @@ def _wrapped() -> list[tuple[Any, str, str, _hints.Hint, Any]]:
     ]
     for name in ("recv", "recv_into", "recvfrom", "send", "sendall", "accept"):
         table.append((socket.socket, name, f"socket.{name}()", _hints.SOCKET, _sock_blocks))
-    if sys.version_info < (3, 12):  # time.sleep has no audit event before 3.12
+    if sys.version_info < (3, 13):  # time.sleep has no audit event before 3.13
         table.append((time, "sleep", "time.sleep()", _hints.SLEEP, lambda s: s > 0))
     return table
 
