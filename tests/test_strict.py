@@ -120,3 +120,31 @@ def test_strict_in_a_fixture_names_it(pytester: pytest.Pytester) -> None:
             "(during setup of fixture 'warm') (strict mode: fails however short)",
         ]
     )
+
+
+def test_calls_under_pure_python_tasks_count(pytester: pytest.Pytester) -> None:
+    # asyncio's pure-Python Task (what Python 3.10's Runner backport runs tests in) puts an
+    # asyncio frame under every coroutine step: it must not make the user's calls exempt.
+    pytester.makepyfile(
+        """
+        import asyncio, time
+
+        def py_task(loop, coro, **kwargs):
+            return asyncio.tasks._PyTask(coro, loop=loop, **kwargs)
+
+        async def blocker():
+            time.sleep(0.001)
+
+        async def test_in_a_python_task():
+            asyncio.get_running_loop().set_task_factory(py_task)
+            await asyncio.create_task(blocker())
+        """
+    )
+    result = run(pytester, "--loop-block-strict")
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines(
+        [
+            "LoopBlockedError: blocking call time.sleep() on the event loop at *.py:7 in blocker "
+            "(strict mode: fails however short)",
+        ]
+    )
