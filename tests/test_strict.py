@@ -148,3 +148,24 @@ def test_calls_under_pure_python_tasks_count(pytester: pytest.Pytester) -> None:
             "(strict mode: fails however short)",
         ]
     )
+
+
+def test_one_time_mimetypes_load_is_not_the_tests(pytester: pytest.Pytester) -> None:
+    # The first guess_type() in a process opens the system's mime.types files (httpx's multipart
+    # encoder makes it): a one-time load, like a first import. A process of its own, so that
+    # this is the first call; the test's own open() right after still counts.
+    pytester.makepyfile(
+        test_guess="""
+        import mimetypes, os
+
+        async def test_guess_then_open():
+            assert mimetypes.guess_type("report.json")[0] == "application/json"
+            open(os.devnull).close()
+        """
+    )
+    result = run(pytester, "--loop-block-strict", subprocess=True)
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines(
+        ["LoopBlockedError: blocking call open() on the event loop at test_guess.py:5 in test_*"]
+    )
+    result.stdout.no_fnmatch_line("*blocking call open() on the event loop at test_guess.py:4 *")

@@ -33,8 +33,9 @@ _AUDITED: dict[str, tuple[str, _hints.Hint, Callable[[tuple[Any, ...]], bool]]] 
 }
 
 # Calls made from inside these modules are their own business on the loop, wherever they are on
-# the stack: first imports, this package reading source files for a report.
-EXEMPT_MODULES = ("importlib", "pytest_loopguard", "linecache", "tokenize")
+# the stack: first imports, this package reading source files for a report, and mimetypes
+# reading its database once, on the first guess_type() (httpx's multipart encoder calls it).
+EXEMPT_MODULES = ("importlib", "pytest_loopguard", "linecache", "tokenize", "mimetypes")
 # Calls these make before any user frame: asyncio's own socket and subprocess machinery. Not
 # further out: a pure-Python ``Task.__step`` (Python 3.10's asyncio.Runner backport) sits under
 # every test coroutine.
