@@ -148,7 +148,7 @@ class _Watched:
     loops: list[Any] = field(default_factory=list)  # the loops it runs, innermost last
     tickers: list[_Ticker] = field(default_factory=list)  # one per uvloop loop it runs
     beat_ran: float = -math.inf  # when a heartbeat last ran on this thread's loop
-    # Taken over while running this callback (see LoopGuard._take_over): not ours to blame.
+    # The callback it was in when this guard took its loop over (_Registry.add): not ours.
     inherited: FrameType | None = None
     loop_debug: list[tuple[asyncio.AbstractEventLoop, bool, float]] = field(default_factory=list)
 
@@ -878,8 +878,8 @@ def _start_estimate(run_frame: FrameType, since: float, now: float, tick: float)
         return since + min(now - since, tick) / 2
     batch = _batch_start(run_frame)
     if batch is not None and since - _CLOCK_SLACK <= batch <= now:
-        # A batch that began just before ``since`` is this clock's jitter: the loop was
-        # seen starting it (a loop's first batch starts right after it is registered).
+        # Up to the slack before ``since`` is the error of moving ``end_time`` onto our clock,
+        # not an earlier batch (a loop's first batch starts right after it is registered).
         return max(batch, since)
     return (since + now) / 2
 
