@@ -36,8 +36,6 @@ from ._frames import FrameFilter, FrameInfo, RawFrame, current_stack, describe, 
 # Captured at import so that a test patching time.perf_counter cannot skew a verdict.
 _clock = time.perf_counter
 _monotonic = time.monotonic
-# How far apart two clock readings taken a few lines apart can be, GIL hand-offs included.
-_CLOCK_SLACK = 0.001
 _RUN_CODE: CodeType = asyncio.events.Handle._run.__code__
 _IMPORT_MACHINERY = "<frozen importlib._bootstrap"
 
@@ -877,10 +875,8 @@ def _start_estimate(run_frame: FrameType, since: float, now: float, tick: float)
     if _is_uvloop_callback(run_frame):
         return since + min(now - since, tick) / 2
     batch = _batch_start(run_frame)
-    if batch is not None and since - _CLOCK_SLACK <= batch <= now:
-        # Up to the slack before ``since`` is the error of moving ``end_time`` onto our clock,
-        # not an earlier batch (a loop's first batch starts right after it is registered).
-        return max(batch, since)
+    if batch is not None and since <= batch <= now:
+        return batch
     return (since + now) / 2
 
 
