@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import http.cookiejar  # noqa: F401  (see below)
 import os
 import signal
@@ -12,7 +13,7 @@ import pytest
 import requests  # noqa: F401
 import sqlalchemy.ext.asyncio  # noqa: F401
 
-from pytest_loopguard import _monitor, _strict
+from pytest_loopguard._engine import ENGINE
 
 pytest_plugins = ["pytester"]
 
@@ -41,12 +42,11 @@ def _pinned_plugins(monkeypatch: pytest.MonkeyPatch) -> None:
 
 @pytest.fixture(autouse=True)
 def _no_leaks() -> object:
-    """Every test leaves no patch and no watchdog thread of ours behind."""
+    """Every test (every inner session) leaves nothing of ours behind: no patch, thread, gc
+    callback, import hook, strict wrapper or signal handler."""
     yield
-    assert not _monitor.is_patched(), "run_forever is still patched"
-    assert not _monitor._REGISTRY._running, "a loop stayed registered as running"
-    assert not _strict.HUB.patched, "strict mode's wrappers stayed"
-    assert not _strict.HUB.recorders, "a strict guard stayed registered"
+    assert ENGINE.leftovers() == []
+    assert getattr(asyncio.events._set_running_loop, "__wrapped__", None) is None
     names = [t.name for t in threading.enumerate()]
     assert "pytest-loopguard-watchdog" not in names, names
     assert signal.getsignal(signal.SIGUSR2) == signal.SIG_DFL, "the hang guard's handler stayed"

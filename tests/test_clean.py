@@ -90,14 +90,17 @@ def test_busy_loop_under_loop_debug_is_not_a_block(pytester: pytest.Pytester) ->
 def test_sync_tests_are_not_watched(pytester: pytest.Pytester) -> None:
     pytester.makepyfile(
         """
-        import threading, time
+        import time
+        from pytest_loopguard._engine import ENGINE
 
         def test_sync_sleeps():
             time.sleep(0.3)
 
-        def test_no_watchdog_thread_in_sync_tests():
-            names = [t.name for t in threading.enumerate()]
-            assert "pytest-loopguard-watchdog" not in names
+        def test_the_watchdog_sleeps_through_sync_tests():
+            looks = ENGINE.watchdog.looks
+            time.sleep(0.3)
+            assert ENGINE.watchdog.sleeping
+            assert ENGINE.watchdog.looks == looks
         """
     )
     result = run(pytester)

@@ -10,7 +10,8 @@ import time
 import pytest
 
 import pytest_loopguard
-from pytest_loopguard import LoopBlockedError, LoopGuard, _hints, _monitor
+from pytest_loopguard import LoopBlockedError, LoopGuard, _hints
+from pytest_loopguard._engine import ENGINE
 
 
 async def _blocks(seconds: float) -> None:
@@ -89,11 +90,12 @@ def test_allow_marks_blocks_as_allowed() -> None:
 
 
 def test_nothing_is_left_after_exit() -> None:
-    original = asyncio.BaseEventLoop.run_forever
+    original = asyncio.events._set_running_loop
     with LoopGuard(threshold=0.1):
-        assert _monitor.is_patched()
+        assert ENGINE.installed
         asyncio.run(asyncio.sleep(0.02))
-    assert asyncio.BaseEventLoop.run_forever is original
+    assert asyncio.events._set_running_loop is original
+    assert ENGINE.leftovers() == []
     assert "pytest-loopguard-watchdog" not in [t.name for t in threading.enumerate()]
 
 
@@ -101,7 +103,7 @@ def test_nested_guards_both_see_blocks() -> None:
     with LoopGuard(threshold=0.1) as outer:
         with LoopGuard(threshold=0.2) as inner:
             asyncio.run(_blocks(0.15))
-        assert _monitor.is_patched()
+        assert ENGINE.installed
     assert len(outer.events) == 1
     assert inner.events == []
 
@@ -192,16 +194,15 @@ def test_a_collection_during_the_gc_accounting_does_not_crash() -> None:
     collection can start inside that sum (it allocates). A crash here failed a test once."""
     import gc
 
-    guard = LoopGuard(threshold=0.1)
-    with guard:
+    with LoopGuard(threshold=0.1):
         ident = threading.get_ident()
         for _ in range(300):
-            guard._on_gc("start", {})
-            guard._on_gc("stop", {})
+            ENGINE.gc.on_gc("start", {})
+            ENGINE.gc.on_gc("stop", {})
         old = gc.get_threshold()
         gc.set_threshold(1)
         try:
             for _ in range(2000):
-                assert guard._collecting(ident, 0.0, 1e12) >= 0
+                assert ENGINE.gc.collecting(ident, 0.0, 1e12) >= 0
         finally:
             gc.set_threshold(*old)

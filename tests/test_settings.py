@@ -187,7 +187,8 @@ def test_help_shares_one_text_for_cli_and_ini(pytester: pytest.Pytester) -> None
         [
             "  --loop-block-threshold=SECONDS",
             "*Fail a test whose code holds the asyncio event loop*",
-            "*--loop-debug*Also turn on asyncio's debug mode*",
+            "  --loop-debug, --no-loop-debug",
+            "*Also turn on asyncio's debug mode*",
             "  loop_block_threshold (string):",
             "*Fail a test whose code holds the asyncio event loop*",
             "  loop_debug (string):*Also turn on asyncio's debug mode*",

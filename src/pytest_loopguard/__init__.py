@@ -10,10 +10,10 @@ The engine works without pytest::
 
 from __future__ import annotations
 
+from ._events import BlockEvent, Hint, LoopBlockedError, LoopguardError, LoopHangError
 from ._frames import FrameInfo
-from ._hints import Hint
-from ._monitor import BlockEvent, LoopGuard
-from ._report import LoopBlockedError, render
+from ._guard import LoopGuard
+from ._report import render
 
 __version__ = "0.1.0.dev0"
 
@@ -38,6 +38,8 @@ __all__ = [
     "LazyLoadError",
     "LoopBlockedError",
     "LoopGuard",
+    "LoopHangError",
+    "LoopguardError",
     "SyncEngineOnLoopError",
     "__version__",
     "render",

@@ -6,7 +6,6 @@ import linecache
 import os
 import site
 import sysconfig
-from collections.abc import Container
 from dataclasses import dataclass
 from types import CodeType, FrameType
 
@@ -89,11 +88,33 @@ def describe(frame: FrameType, lineno: int) -> FrameInfo:
     return resolve(raw(frame, lineno))
 
 
-def current_stack(top: FrameType | None, stops: Container[CodeType]) -> list[tuple[FrameType, int]]:
-    """Frames from ``top`` down to (not including) the first running one of ``stops``."""
-    stack: list[tuple[FrameType, int]] = []
-    frame = top
-    while frame is not None and frame.f_code not in stops:
-        stack.append((frame, frame.f_lineno or 0))
-        frame = frame.f_back
-    return stack
+Stack = list[tuple[FrameType, int]]  # frames innermost first, each at the line it was on
+Through = tuple[str, str, str]  # module, function, file of one frame
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One sampled stack, kept raw: the blocking user frame, the user frames (outermost
+    first), the modules that frame called into (outermost first), and every frame of it."""
+
+    top: RawFrame
+    users: tuple[RawFrame, ...]
+    callees: tuple[str, ...]
+    through: tuple[Through, ...]
+
+
+def first_user(stack: Stack, user_filter: FrameFilter) -> int | None:
+    return next((i for i, (f, _) in enumerate(stack) if user_filter.is_user(f)), None)
+
+
+def sample(stack: Stack, user: int | None, user_filter: FrameFilter) -> Sample:
+    """The user's frames make the trace; the modules the innermost of them called pick the hint."""
+    through = tuple(
+        (str(f.f_globals.get("__name__", "")), f.f_code.co_name, f.f_code.co_filename)
+        for f, _ in stack
+    )
+    if user is None:
+        return Sample(raw(*stack[0]), (), (), through)
+    callees = tuple(str(f.f_globals.get("__name__", "")) for f, _ in reversed(stack[:user]))
+    users = [raw(f, n) for f, n in stack[user:] if user_filter.is_user(f)]
+    return Sample(users[0], tuple(reversed(users)), callees, through)

@@ -4,20 +4,8 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass
 
-
-@dataclass(frozen=True)
-class Hint:
-    """What blocked, in words, and the async replacement (the seed's fix table)."""
-
-    key: str
-    cause: str
-    fix: str
-
-    def render(self) -> str:
-        return f"{self.cause} — {self.fix}"
-
+from ._events import Hint, LoopguardError
 
 SLEEP = Hint("sleep", "time.sleep blocks every request", "use `await asyncio.sleep(...)`")
 HTTP = Hint(
@@ -175,7 +163,6 @@ NOT_AWAITED = (
     "`requests` inside `async def`.\n"
     "fix: `await httpx.AsyncClient().get(url)`, and `await` every coroutine."
 )
-OURS = ("LazyLoadError", "DetachedAccessError", "SyncEngineOnLoopError", "LoopBlockedError")
 
 
 def chain(error: BaseException | None) -> list[BaseException]:
@@ -195,9 +182,9 @@ def chain(error: BaseException | None) -> list[BaseException]:
 def for_error(error: BaseException) -> str | None:
     """The cause and fix for a known async mistake somewhere in ``error``'s chain."""
     errors = chain(error)
-    names = {cls.__name__ for e in errors for cls in type(e).__mro__}
-    if names & set(OURS):
+    if any(isinstance(e, LoopguardError) for e in errors):
         return None  # our own errors already carry their fix
+    names = {cls.__name__ for e in errors for cls in type(e).__mro__}
     if "MissingGreenlet" in names:
         return MISSING_GREENLET
     if "DetachedInstanceError" in names:

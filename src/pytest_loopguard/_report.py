@@ -1,30 +1,18 @@
-"""BlockEvent -> the text a user reads: where, how long, what it was doing, and the fix."""
+"""Every text a user reads: the verdict, where, how long, the stack, the fix — in the failure,
+in warnings, in the run's header and in the end-of-run summary."""
 
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
+from ._events import BlockEvent, LoopBlockedError, LoopguardError, LoopHangError
 from ._frames import FrameInfo
-from ._monitor import BlockEvent
 
 MAX_STACK_LINES = 10
-
-
-class LoopBlockedError(Exception):
-    """A test's code held the event loop for longer than the threshold.
-
-    Raised by the pytest plugin after the test phase in which the block happened, never inside
-    the code that blocked. ``events`` holds the blocks, worst first.
-    """
-
-    def __init__(self, message: str, events: Sequence[BlockEvent] = ()) -> None:
-        super().__init__(message)
-        self.events = tuple(events)
-
-    def __reduce__(self) -> tuple[type[LoopBlockedError], tuple[str, tuple[BlockEvent, ...]]]:
-        return (type(self), (str(self), self.events))
 
 
 def worst_first(events: Sequence[BlockEvent]) -> list[BlockEvent]:
@@ -42,7 +30,8 @@ def relative(filename: str, root: Path | None) -> str:
     return filename if rel.startswith("..") else rel
 
 
-def _where(frame: FrameInfo | None, root: Path | None) -> str:
+def location(frame: FrameInfo | None, root: Path | None) -> str:
+    """``file:line in function`` of a frame, relative to ``root``."""
     if frame is None:
         return "an unknown location (no Python frame was sampled)"
     return f"{relative(frame.filename, root)}:{frame.lineno} in {frame.function}"
@@ -67,17 +56,17 @@ def headline(event: BlockEvent, root: Path | None = None) -> str:
     if event.call is not None:
         times = f", {event.samples} times" if event.samples > 1 else ""
         return (
-            f"blocking call {event.call} on the event loop at {_where(event.frame, root)}"
+            f"blocking call {event.call} on the event loop at {location(event.frame, root)}"
             f"{_during(event)} (strict mode: fails however short{times})"
         )
     if event.timed_out:
         return (
             f"event loop hung: a callback held it for {event.duration:.2f} s, past the hang "
-            f"timeout, and was interrupted at {_where(event.frame, root)}{_during(event)}"
+            f"timeout, and was interrupted at {location(event.frame, root)}{_during(event)}"
         )
     return (
         f"event loop blocked for {event.duration:.2f} s (threshold {event.threshold:.2f} s)"
-        f" at {_where(event.frame, root)}{_during(event)}"
+        f" at {location(event.frame, root)}{_during(event)}"
     )
 
 
@@ -131,3 +120,103 @@ def render(events: Sequence[BlockEvent], root: Path | None = None) -> str:
             lines.append("")
             lines.extend(describe(event, root))
     return "\n".join(lines)
+
+
+def blocked_error(events: Sequence[BlockEvent], root: Path | None) -> LoopBlockedError:
+    """The error a failing phase raises: its message is the whole report."""
+    return LoopBlockedError(render(events, root), worst_first(events))
+
+
+def warning_text(event: BlockEvent, root: Path | None, fallback: str) -> tuple[str, str, int]:
+    """(message, file, line) of the PytestWarning for one block in warn mode, attributed to the
+    blocking line so that pytest's warnings summary points at the user's code (else to
+    ``fallback``, the test's id)."""
+    text = "\n".join(describe(event, root))
+    where = event.frame
+    if where is None:
+        return text, fallback, 0
+    return text, relative(where.filename, root), where.lineno
+
+
+def hang_error(
+    events: Sequence[BlockEvent], error: LoopHangError, root: Path | None
+) -> LoopBlockedError | LoopHangError:
+    """A hang shows like any block, with the whole stack the hang guard took."""
+    hangs = [e for e in events if e.timed_out]
+    if not hangs and error.event is not None:
+        hangs = [error.event]
+    return blocked_error(hangs, root) if hangs else error
+
+
+def header(threshold: float, source: str, debug: bool, timeout: float | None, strict: bool) -> str:
+    """The one line the run's header shows, so a CI log says what was in force."""
+    shown_timeout = "off" if timeout is None else f"{timeout:g}s"
+    return (
+        f"loopguard: threshold={threshold:g}s ({source}), loop-debug={_on(debug)}, "
+        f"timeout={shown_timeout}, strict={_on(strict)}"
+    )
+
+
+def _on(flag: bool) -> str:
+    return "on" if flag else "off"
+
+
+class _Writer(Protocol):
+    def line(self, s: str = "", **markup: bool) -> None: ...
+
+
+@dataclass(frozen=True)
+class _CrashLine:
+    message: str
+
+
+class MessageRepr:
+    """A report body that is exactly our message: no plugin or pluggy frames in it."""
+
+    def __init__(self, text: str, summary: str) -> None:
+        self.text = text
+        self.reprcrash = _CrashLine(summary)
+
+    def toterminal(self, tw: _Writer) -> None:
+        for line in self.text.splitlines():
+            tw.line(line, red=line.startswith(_OURS), bold=True)
+
+    def __str__(self) -> str:
+        return self.text
+
+
+_OURS = ("LoopBlockedError", "LazyLoadError", "DetachedAccessError", "SyncEngineOnLoopError")
+
+
+def failure_repr(error: LoopguardError, root: Path | None) -> MessageRepr:
+    """How one of our errors shows as a test's failure: the verdict and the fix, nothing else
+    (SQLAlchemy's or pluggy's frames would bury them)."""
+    if isinstance(error, LoopBlockedError) and error.events:
+        summary = f"LoopBlockedError: {headline(error.events[0], root)}"
+        return MessageRepr(str(error), summary)
+    text = f"{type(error).__name__}: {error}"
+    return MessageRepr(text, text.splitlines()[0])
+
+
+Block = Mapping[str, object]  # one block as the JSON report has it
+
+
+def _block_location(block: Block) -> str:
+    where = block["location"]
+    if not isinstance(where, Mapping):
+        return "an unknown location"
+    return f"{where['file']}:{where['line']} in {where['function']}"
+
+
+def summary_lines(blocks: Sequence[Block], allowed: int, shown: int = 10) -> list[str]:
+    """The end-of-run section's lines: counts, then the worst ``shown`` blocks."""
+    tests = len({b["nodeid"] for b in blocks})
+    lines = [f"{len(blocks)} block(s) in {tests} test(s); {allowed} allowed block(s) not counted"]
+    for block in sorted(blocks, key=lambda b: -float(str(b["duration"])))[:shown]:
+        phase = str(block["phase"])
+        if block["fixture"]:
+            phase += f" of {block['fixture']}"
+        duration = float(str(block["duration"]))
+        where = _block_location(block)
+        lines.append(f"{duration:6.2f} s  {where}  [{phase}]  {block['nodeid']}")
+    return lines

@@ -11,8 +11,6 @@ from typing import Any
 
 import pytest
 
-from ._monitor import BlockEvent
-
 DEFAULT_THRESHOLD = 0.1
 
 THRESHOLD_HELP = (
@@ -21,7 +19,8 @@ THRESHOLD_HELP = (
 )
 DEBUG_HELP = (
     "Also turn on asyncio's debug mode on every loop under test, with slow_callback_duration "
-    "set to the threshold (slow: about 7x on a callback-heavy suite; default off)."
+    "set to the threshold (slow: about 7x on a callback-heavy suite; default off; "
+    "--no-loop-debug turns off what the ini turned on)."
 )
 MODES = ("fail", "warn")
 MODE_HELP = (
@@ -30,7 +29,7 @@ MODE_HELP = (
 )
 REPORT_HELP = (
     "Write every block of the run to this JSON file (schema pytest-loopguard/report, version 1; "
-    "see report.schema.json in the package)."
+    "see report.schema.json in the package; an empty value on the command line turns it off)."
 )
 ALLOW_HELP = (
     "Blocks whose stack runs through one of these are allowed (recorded, never failed): one per "
@@ -45,7 +44,7 @@ TIMEOUT_HELP = (
 STRICT_HELP = (
     "Also fail tests whose code makes a known blocking call on the loop thread (time.sleep, "
     "blocking sockets, DNS, file open, subprocess, thread waits), however short "
-    "(true/false; default false)."
+    "(true/false; default false; --no-loop-block-strict turns off what the ini turned on)."
 )
 SQLALCHEMY_HELP = (
     "Make the loopguard_sqlalchemy fixture active for every test: lazy loads and sync engines "
@@ -164,10 +163,12 @@ def _threshold(config: pytest.Config) -> tuple[float, str]:
     return DEFAULT_THRESHOLD, "default"
 
 
-def _debug(config: pytest.Config) -> bool:
-    if config.getoption("loop_debug"):
-        return True
-    return parse_bool(config.getini("loop_debug"), "ini loop_debug")
+def _flag(config: pytest.Config, name: str) -> bool:
+    # --flag / --no-flag on the command line beat the ini either way; absent (None), the ini rules.
+    cli = config.getoption(name)
+    if cli is not None:
+        return bool(cli)
+    return parse_bool(config.getini(name), f"ini {name}")
 
 
 def resolve(config: pytest.Config) -> Settings:
@@ -178,17 +179,16 @@ def resolve(config: pytest.Config) -> Settings:
     )
     mode, report = _mode(config), _report(config)
     allow = tuple(parse_allow(line) for line in config.getini("loop_block_allow") if line.strip())
-    timeout = _timeout(config, threshold)
     return Settings(
-        threshold,
-        source,
-        _debug(config),
-        guard_sqlalchemy,
-        mode,
-        report,
-        allow,
-        timeout,
-        _strict(config),
+        threshold=threshold,
+        threshold_source=source,
+        debug=_flag(config, "loop_debug"),
+        guard_sqlalchemy=guard_sqlalchemy,
+        mode=mode,
+        report=report,
+        allow=allow,
+        timeout=_timeout(config, threshold),
+        strict=_flag(config, "loop_block_strict"),
     )
 
 
@@ -217,25 +217,13 @@ def _timeout(config: pytest.Config, threshold: float) -> float | None:
     return parse_timeout(config.getini("loop_block_timeout"), "ini loop_block_timeout", threshold)
 
 
-def _strict(config: pytest.Config) -> bool:
-    if config.getoption("loop_block_strict"):
-        return True
-    return parse_bool(config.getini("loop_block_strict"), "ini loop_block_strict")
-
-
-def allows(settings: Settings, event: BlockEvent) -> bool:
-    """Whether a block is allowed: by a marker, by ``loopguard.allow()``, or by the allowlist."""
-    if settings.allow_blocking or event.allowed:
-        return True
-    return any(rule.matches(*frame) for frame in event.through for rule in settings.allow)
-
-
 def _report(config: pytest.Config) -> str | None:
     """The JSON report's path, checked now: an unwritable one must not cost a whole run."""
+    # An empty --loop-block-report= turns off a report the ini asked for.
     cli = config.getoption("loop_block_report")
     raw, source = (
         (cli, "--loop-block-report")
-        if cli
+        if cli is not None
         else (config.getini("loop_block_report"), "ini loop_block_report")
     )
     if not raw:

@@ -1,10 +1,11 @@
-"""Strict mode: known blocking calls made on a loop thread, however short.
+"""Strict mode, all of its rules: known blocking calls made on a loop thread, however short.
 
 Where the stdlib raises an audit event (``time.sleep`` from 3.13, socket connect and DNS,
 ``open``, subprocesses) a process-wide audit hook sees it; audit hooks cannot be removed, so it
 returns at once unless a strict guard is active. Elsewhere a few Python-level methods are
-wrapped while a strict guard is active, and restored after. Nothing raises in the caller: each
-call is recorded, and the plugin fails the test after the phase.
+wrapped while a strict lease is held (a session, or a lone strict LoopGuard), and restored
+after. Nothing raises in the caller: each call is recorded by the strict guards (``CallLog``),
+and the plugin fails the test after the phase.
 """
 
 from __future__ import annotations
@@ -15,13 +16,18 @@ import socket
 import sys
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable
-from typing import Any
+from dataclasses import dataclass
+from types import CodeType, FrameType
+from typing import Any, Protocol
 
 from . import _hints
+from ._events import BlockEvent, Hint
+from ._frames import FrameFilter, Sample, Stack, first_user, resolve, sample
 
 # Audit event -> (the call as a user reads it, its hint, whether its arguments say it blocks).
-_AUDITED: dict[str, tuple[str, _hints.Hint, Callable[[tuple[Any, ...]], bool]]] = {
+_AUDITED: dict[str, tuple[str, Hint, Callable[[tuple[Any, ...]], bool]]] = {
     "time.sleep": ("time.sleep()", _hints.SLEEP, lambda a: bool(a) and a[0] > 0),  # 3.13+
     "socket.connect": ("socket.connect()", _hints.SOCKET, lambda a: _blocking_socket(a[0])),
     "socket.getaddrinfo": ("socket.getaddrinfo()", _hints.DNS, lambda a: True),
@@ -41,7 +47,7 @@ EXEMPT_MODULES = ("importlib", "pytest_loopguard", "linecache", "tokenize", "mim
 # every test coroutine.
 EXEMPT_CALLERS = ("asyncio",)
 
-Recorder = Callable[[str, _hints.Hint, Any], None]
+Recorder = Callable[[str, Hint, Any], None]
 
 
 def _blocking_socket(sock: Any) -> bool:
@@ -58,23 +64,34 @@ class _Hub:
         self.recorders: tuple[Recorder, ...] = ()
         self._lock = threading.Lock()
         self._hooked = False
+        self._leases = 0
         self._patched: list[tuple[Any, str, Any]] = []  # (owner, name, what its __dict__ had)
         self._busy = threading.local()
 
-    def add(self, recorder: Recorder) -> None:
+    def acquire(self) -> None:
+        """Install the wrappers (and, once per process, the audit hook) for a strict lease."""
         with self._lock:
+            self._leases += 1
+            if self._leases > 1:
+                return
             if not self._hooked:
                 sys.addaudithook(self._audit)
                 self._hooked = True
-            if not self.recorders:
-                self._wrap_all()
+            self._wrap_all()
+
+    def release(self) -> None:
+        with self._lock:
+            self._leases -= 1
+            if self._leases == 0:
+                self._unwrap_all()
+
+    def add(self, recorder: Recorder) -> None:
+        with self._lock:
             self.recorders = (*self.recorders, recorder)
 
     def remove(self, recorder: Recorder) -> None:
         with self._lock:
             self.recorders = tuple(r for r in self.recorders if r != recorder)  # bound methods: ==
-            if not self.recorders:
-                self._unwrap_all()
 
     @property
     def patched(self) -> bool:
@@ -88,7 +105,7 @@ class _Hub:
         if blocks(args):
             self.hit(call, hint, sys._getframe(1))
 
-    def hit(self, call: str, hint: _hints.Hint, frame: Any) -> bool:
+    def hit(self, call: str, hint: Hint, frame: Any) -> bool:
         """A known blocking call was made from ``frame``: let every strict guard record it."""
         if getattr(self._busy, "on", False):
             return False  # made inside a call already recorded, or by a recorder itself
@@ -108,7 +125,7 @@ class _Hub:
             self._unwrap_all()  # all or nothing
             raise
 
-    def _wrap(self, owner: Any, name: str, call: str, hint: _hints.Hint, blocks: Any) -> None:
+    def _wrap(self, owner: Any, name: str, call: str, hint: Hint, blocks: Any) -> None:
         original = getattr(owner, name)
         hub = self
 
@@ -155,9 +172,9 @@ def _sock_blocks(sock: Any, *_: Any, **__: Any) -> bool:
     return _blocking_socket(sock)
 
 
-def _wrapped() -> list[tuple[Any, str, str, _hints.Hint, Any]]:
+def _wrapped() -> list[tuple[Any, str, str, Hint, Any]]:
     """What has no audit event: thread waits, futures, and I/O on blocking sockets."""
-    table: list[tuple[Any, str, str, _hints.Hint, Any]] = [
+    table: list[tuple[Any, str, str, Hint, Any]] = [
         (concurrent.futures.Future, "result", "Future.result()", _hints.FUTURE, _not_done),
         (threading.Event, "wait", "threading.Event.wait()", _hints.LOCK, _event_unset),
         (threading.Condition, "wait", "threading.Condition.wait()", _hints.LOCK, _waits),
@@ -172,3 +189,107 @@ def _wrapped() -> list[tuple[Any, str, str, _hints.Hint, Any]]:
 
 
 HUB = _Hub()
+
+
+# -- what one strict guard records ---------------------------------------------------------
+
+
+class Watched(Protocol):
+    """What a call log needs to know of its guard and of the loops running now."""
+
+    phase: str | None
+    fixture: str | None
+    threshold: float
+
+    def allowing(self, ident: int) -> bool: ...
+
+    def unit_here(self, frame: FrameType) -> tuple[str, Stack] | None:
+        """(thread name, the unit's stack from ``frame``) when ``frame`` runs in a unit of
+        work of this guard's on this thread's loop; None elsewhere."""
+
+
+@dataclass(frozen=True)
+class _Call:
+    """A blocking call seen for the first time at one line, in one phase."""
+
+    key: tuple[str, str | None, CodeType, int]  # call, phase, code, line
+    hint: Hint
+    found: Sample
+    allowed: bool
+    thread: str
+    fixture: str | None
+
+
+class CallLog:
+    """A strict guard's record of the known blocking calls made on its loops."""
+
+    def __init__(self, guard: Watched, user_filter: FrameFilter, lock: threading.Lock) -> None:
+        self._guard, self._filter, self._lock = guard, user_filter, lock
+        self._counts: Counter[tuple[str, str | None, CodeType, int]] = Counter()
+        # Not yet made events: that reads source files, not while the caller is on the loop.
+        self.pending: list[_Call] = []
+
+    def record(self, call: str, hint: Hint, frame: FrameType) -> None:
+        """The hub's recorder: a known blocking call from ``frame``, on the caller's thread."""
+        if exempt(frame):
+            return  # asyncio/threading internals (checked first: cheap)
+        here = self._guard.unit_here(frame)
+        if here is None or exempt_stack(here[1], self._filter):
+            return  # a worker thread, the loop outside any unit, or a unit not the guard's
+        thread, stack = here
+        found = sample(stack, first_user(stack, self._filter), self._filter)
+        guard = self._guard
+        allowed = guard.allowing(threading.get_ident())
+        with self._lock:
+            key = (call, guard.phase, found.top[0], found.top[1])
+            self._counts[key] += 1
+            if self._counts[key] == 1:
+                self.pending.append(_Call(key, hint, found, allowed, thread, guard.fixture))
+
+    def events(self) -> list[BlockEvent]:
+        """The calls recorded since the last time, as events (the caller holds the lock)."""
+        calls, self.pending = self.pending, []
+        return [self._event(c) for c in calls]
+
+    def _event(self, recorded: _Call) -> BlockEvent:
+        call, phase, _, _ = recorded.key
+        return BlockEvent(
+            duration=0.0,
+            threshold=self._guard.threshold,
+            cpu_time=None,
+            frame=resolve(recorded.found.top),
+            stack=tuple(resolve(f) for f in recorded.found.users),
+            hint=recorded.hint,
+            allowed=recorded.allowed,
+            phase=phase,
+            fixture=recorded.fixture,
+            thread=recorded.thread,
+            samples=self._counts[recorded.key],
+            through=recorded.found.through,
+            call=call,
+        )
+
+
+def _module_root(frame: FrameType) -> str:
+    return str(frame.f_globals.get("__name__", "")).split(".", 1)[0]
+
+
+def exempt(frame: FrameType) -> bool:
+    """Whether a blocking call made right from ``frame`` is the machinery's, not the test's."""
+    root = _module_root(frame)
+    # Thread.start() waits for the new thread to say it runs: the cost of starting a thread.
+    if root == "threading" and frame.f_code.co_name == "start":
+        return True
+    return root in EXEMPT_MODULES or root in EXEMPT_CALLERS
+
+
+def exempt_stack(stack: Stack, user_filter: FrameFilter) -> bool:
+    """Whether a blocking call with this stack (innermost first) is none of the test's."""
+    user_seen = False
+    for frame, _ in stack:
+        if _module_root(frame) in EXEMPT_MODULES:
+            return True
+        if not user_seen and exempt(frame):
+            return True  # made by asyncio or threading internals, not by user code
+        user_seen = user_seen or user_filter.is_user(frame)
+    return False

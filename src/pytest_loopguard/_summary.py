@@ -11,10 +11,11 @@ from pathlib import Path
 
 import pytest
 
+from ._events import BlockEvent
 from ._frames import FrameInfo
-from ._monitor import BlockEvent
-from ._report import relative
-from ._settings import Settings, allows
+from ._report import relative, summary_lines
+from ._settings import Settings
+from ._verdict import Verdict
 
 SCHEMA = "pytest-loopguard/report"
 VERSION = 1
@@ -26,10 +27,12 @@ def _frame(frame: FrameInfo, root: Path) -> Block:
     return {"file": file, "line": frame.lineno, "function": frame.function, "source": frame.line}
 
 
-def as_dict(event: BlockEvent, nodeid: str, settings: Settings, root: Path) -> Block:
-    """One block as the summary and the JSON report (schema version 1) describe it."""
-    allowed = allows(settings, event)
-    verdict = "allowed" if allowed else ("warned" if settings.mode == "warn" else "failed")
+def as_dicts(verdict: Verdict, nodeid: str, root: Path) -> list[Block]:
+    """A phase's blocks as the summary and the JSON report (schema version 1) describe them."""
+    return [_as_dict(e, nodeid, verdict.of(e), root) for e in verdict.events]
+
+
+def _as_dict(event: BlockEvent, nodeid: str, verdict: str, root: Path) -> Block:
     return {
         "nodeid": nodeid,
         "phase": event.phase,
@@ -40,25 +43,10 @@ def as_dict(event: BlockEvent, nodeid: str, settings: Settings, root: Path) -> B
         "location": None if event.frame is None else _frame(event.frame, root),
         "stack": [_frame(f, root) for f in event.stack],
         "hint": {"key": event.hint.key, "cause": event.hint.cause, "fix": event.hint.fix},
-        "allowed": allowed,
+        "allowed": verdict == "allowed",
         "verdict": verdict,
         "call": event.call,
     }
-
-
-def _where(block: Block) -> str:
-    location = block["location"]
-    if not isinstance(location, dict):
-        return "an unknown location"
-    return f"{location['file']}:{location['line']} in {location['function']}"
-
-
-def _line(block: Block) -> str:
-    phase = str(block["phase"])
-    if block["fixture"]:
-        phase += f" of {block['fixture']}"
-    duration = float(str(block["duration"]))
-    return f"{duration:6.2f} s  {_where(block)}  [{phase}]  {block['nodeid']}"
 
 
 class Collector:
@@ -77,14 +65,9 @@ class Collector:
         if not self.blocks or self.config.get_verbosity() < -1:
             return  # like pytest's own sections: shown with -q, not with -qq
         counted = [b for b in self.blocks if not b["allowed"]]
-        tests = len({b["nodeid"] for b in counted})
         terminalreporter.write_sep("=", "pytest-loopguard: event loop blocks")
-        allowed = len(self.blocks) - len(counted)
-        terminalreporter.write_line(
-            f"{len(counted)} block(s) in {tests} test(s); {allowed} allowed block(s) not counted"
-        )
-        for block in sorted(counted, key=lambda b: -float(str(b["duration"])))[:10]:
-            terminalreporter.write_line(_line(block))
+        for line in summary_lines(counted, len(self.blocks) - len(counted)):
+            terminalreporter.write_line(line)
 
     def pytest_sessionfinish(self, session: pytest.Session) -> None:
         """Write the JSON report once, on the controller (an xdist worker has workerinput)."""

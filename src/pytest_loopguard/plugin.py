@@ -1,32 +1,39 @@
-"""The pytest side: options, markers, the ``loopguard`` fixture, and verdicts after each phase."""
+"""The pytest side: options, markers, fixtures, and a verdict after each test phase.
+
+Thin on purpose: it reads the config and the items, drives the engine (one lease for the
+session, one guard per test) and hands events to ``_verdict`` and text to ``_report``.
+"""
 
 from __future__ import annotations
 
+import argparse
 import warnings
 from collections.abc import Callable, Generator, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import pytest
 
-from . import _hints, _settings, _summary
-from ._frames import FrameInfo
-from ._monitor import BlockEvent, LoopGuard, LoopHangError
-from ._report import LoopBlockedError, describe, headline, relative, render, worst_first
+from . import _hints, _report, _settings, _summary
+from ._engine import ENGINE
+from ._events import BlockEvent, LoopBlockedError, LoopguardError, LoopHangError
+from ._guard import LoopGuard
 from ._settings import SETTINGS_KEY, Settings
+from ._verdict import NOTHING, Verdict, judge
 
 _GUARD = pytest.StashKey[LoopGuard]()
 _ITEM_SETTINGS = pytest.StashKey[Settings]()
+_VERDICTS = pytest.StashKey[dict[str, Verdict]]()
 _TEARDOWN_MARK = pytest.StashKey[int]()
 _CURRENT = pytest.StashKey[pytest.Item]()
 _CALL_ERROR = pytest.StashKey[BaseException | None]()
+_LEASED = pytest.StashKey[Settings]()
 _SECTION = "event loop blocked (pytest-loopguard)"
 
 
-# One row a setting: ini name, CLI flag (None: ini only), metavar (None: an on/off flag),
-# ini type, ini default, and the one help text both surfaces show.
+# One row a setting: ini name, CLI flag (None: ini only), metavar (None: an on/off flag with its
+# --no- twin), ini type, ini default, and the one help text both surfaces show.
 _OPTIONS: tuple[tuple[str, str | None, str | None, str, object, str], ...] = (
     (
         "loop_block_threshold",
@@ -51,31 +58,38 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("loopguard", "pytest-loopguard: event loop blocking")
     for name, flag, metavar, kind, default, text in _OPTIONS:
         if flag is not None and metavar is None:
-            group.addoption(flag, dest=name, action="store_true", default=None, help=text)
+            on_off = argparse.BooleanOptionalAction
+            group.addoption(flag, dest=name, action=on_off, default=None, help=text)
         elif flag is not None:
             group.addoption(flag, dest=name, default=None, metavar=metavar, help=text)
         parser.addini(name, text, type=kind, default=default)  # type: ignore[arg-type]
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    """Register the markers and resolve the settings once, failing fast on bad values."""
+    """Register the markers, resolve the settings once (failing fast on bad values), and set
+    up the engine's machinery for the whole session."""
     config.addinivalue_line("markers", _settings.THRESHOLD_MARKER)
     config.addinivalue_line("markers", _settings.ALLOW_MARKER)
     config.addinivalue_line("markers", _settings.LAZY_MARKER)
     settings = config.stash[SETTINGS_KEY] = _settings.resolve(config)
     config.pluginmanager.register(_summary.Collector(config, settings), "loopguard-summary")
+    ENGINE.acquire(strict=settings.strict, hang=settings.timeout is not None)
+    config.stash[_LEASED] = settings
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_unconfigure(config: pytest.Config) -> None:
+    """Take the machinery down first, so nothing of it is left for later hooks to see."""
+    settings = config.stash.get(_LEASED, None)
+    if settings is not None:
+        del config.stash[_LEASED]
+        ENGINE.release(strict=settings.strict, hang=settings.timeout is not None)
 
 
 def pytest_report_header(config: pytest.Config) -> str:
     """Say in one line what the plugin will do, so a CI log shows it."""
-    settings = config.stash[SETTINGS_KEY]
-    debug = "on" if settings.debug else "off"
-    timeout = "off" if settings.timeout is None else f"{settings.timeout:g}s"
-    strict = "on" if settings.strict else "off"
-    return (
-        f"loopguard: threshold={settings.threshold:g}s ({settings.threshold_source}), "
-        f"loop-debug={debug}, timeout={timeout}, strict={strict}"
-    )
+    s = config.stash[SETTINGS_KEY]
+    return _report.header(s.threshold, s.threshold_source, s.debug, s.timeout, s.strict)
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -93,7 +107,7 @@ def _use_sqlalchemy_guard(item: pytest.Function) -> None:
         item.fixturenames.insert(0, "loopguard_sqlalchemy")
 
 
-def _where(config: pytest.Config) -> Path:
+def _root(config: pytest.Config) -> Path:
     # Locations relative to where pytest was started, like pytest's own summary lines.
     return config.invocation_params.dir
 
@@ -107,11 +121,10 @@ def _item_settings(item: pytest.Item) -> Settings:
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_protocol(item: pytest.Item) -> Generator[None, object, object]:
     """Watch the loops of one test, from its first fixture to its last teardown."""
-    settings = _item_settings(item)
-    guard = LoopGuard(
-        settings.threshold, debug=settings.debug, timeout=settings.timeout, strict=settings.strict
-    )
+    s = _item_settings(item)
+    guard = LoopGuard(s.threshold, debug=s.debug, timeout=s.timeout, strict=s.strict)
     item.stash[_GUARD] = guard
+    item.stash[_VERDICTS] = {}
     item.config.stash[_CURRENT] = item
     with guard:
         try:
@@ -125,14 +138,19 @@ def _guard(item: pytest.Item) -> LoopGuard | None:
     return item.stash.get(_GUARD, None)
 
 
-def _phase_events(item: pytest.Item, phase: str) -> list[BlockEvent]:
+def _judge(item: pytest.Item, phase: str) -> Verdict:
+    """Judge the phase once; everything after reads the verdict kept on the item."""
     guard = _guard(item)
-    return [] if guard is None else [e for e in guard.events if e.phase == phase]
+    if guard is None:
+        return NOTHING
+    guard.close_ongoing()
+    events = [e for e in guard.events if e.phase == phase]
+    verdict = item.stash[_VERDICTS][phase] = judge(events, _item_settings(item))
+    return verdict
 
 
-def _failing(item: pytest.Item, events: list[BlockEvent]) -> list[BlockEvent]:
-    settings = _item_settings(item)
-    return [e for e in events if not _settings.allows(settings, e)]
+def _verdict(item: pytest.Item, phase: str) -> Verdict:
+    return item.stash.get(_VERDICTS, {}).get(phase, NOTHING)
 
 
 def _run_phase(item: pytest.Item, phase: str) -> Generator[None, object, object]:
@@ -140,24 +158,23 @@ def _run_phase(item: pytest.Item, phase: str) -> Generator[None, object, object]
     guard = _guard(item)
     if guard is not None:
         guard.set_context(phase)
-    result = yield
-    if guard is not None:
-        guard.close_ongoing()
-    failing = _failing(item, _phase_events(item, phase))
-    if failing and _item_settings(item).mode == "warn":
-        _warn(item, failing)
-    elif failing:
-        raise LoopBlockedError(render(failing, _where(item.config)), worst_first(failing))
+    try:
+        result = yield
+    except BaseException:
+        _judge(item, phase)  # the phase's own error stays the failure; blocks go beside it
+        raise
+    verdict = _judge(item, phase)
+    if verdict.warned:
+        _warn(item, verdict.warned)
+    if verdict.failing:
+        raise _report.blocked_error(verdict.failing, _root(item.config))
     return result
 
 
-def _warn(item: pytest.Item, events: list[BlockEvent]) -> None:
-    # Attributed to the blocking line, so pytest's warnings summary points at the user's code.
-    for event in worst_first(events):
-        text = "\n".join(describe(event, _where(item.config)))
-        where = event.frame or FrameInfo(item.nodeid, 0, "", "", "")
-        filename = relative(where.filename, _where(item.config))
-        warnings.warn_explicit(pytest.PytestWarning(text), None, filename, where.lineno)
+def _warn(item: pytest.Item, events: tuple[BlockEvent, ...]) -> None:
+    for event in _report.worst_first(events):
+        text, filename, lineno = _report.warning_text(event, _root(item.config), item.nodeid)
+        warnings.warn_explicit(pytest.PytestWarning(text), None, filename, lineno)
 
 
 @pytest.hookimpl(wrapper=True)
@@ -217,30 +234,6 @@ def pytest_fixture_post_finalizer(
         item.stash[_TEARDOWN_MARK] = len(guard.events)
 
 
-class _Writer(Protocol):
-    def line(self, s: str = "", **markup: bool) -> None: ...
-
-
-@dataclass(frozen=True)
-class _CrashLine:
-    message: str
-
-
-class _MessageRepr:
-    """A report body that is exactly our message: no plugin or pluggy frames in it."""
-
-    def __init__(self, text: str, summary: str) -> None:
-        self.text = text
-        self.reprcrash = _CrashLine(summary)
-
-    def toterminal(self, tw: _Writer) -> None:
-        for line in self.text.splitlines():
-            tw.line(line, red=line.startswith(_hints.OURS), bold=True)
-
-    def __str__(self) -> str:
-        return self.text
-
-
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_makereport(
     item: pytest.Item, call: pytest.CallInfo[None]
@@ -250,38 +243,22 @@ def pytest_runtest_makereport(
     error = call.excinfo.value if call.excinfo is not None else None
     if call.when == "call":
         item.stash[_CALL_ERROR] = error
-    blocks = _phase_events(item, call.when)
-    if blocks:
+    verdict, root = _verdict(item, call.when), _root(item.config)
+    if verdict.events:
         # Plain data on the report: it reaches the summary and the JSON report, from xdist too.
-        settings = _item_settings(item)
-        report.loopguard_blocks = [  # type: ignore[attr-defined]
-            _summary.as_dict(e, item.nodeid, settings, _where(item.config)) for e in blocks
-        ]
+        report.loopguard_blocks = _summary.as_dicts(verdict, item.nodeid, root)  # type: ignore[attr-defined]
     hint = _hints.for_error(error) if report.failed and error is not None else None
     if hint is not None:
         report.sections.append(("hint (pytest-loopguard)", hint))
     if isinstance(error, LoopHangError):
-        error = _hang_error(item, call.when, error)
-    if isinstance(error, LoopBlockedError):
-        summary = headline(error.events[0], _where(item.config))
-        report.longrepr = _MessageRepr(str(error), f"LoopBlockedError: {summary}")  # type: ignore[assignment]
-        return report
-    if error is not None and type(error).__name__ in _hints.OURS:
-        # Our SQLAlchemy errors say where and how to fix: SQLAlchemy's frames would bury that.
-        text = f"{type(error).__name__}: {error}"
-        report.longrepr = _MessageRepr(text, text.splitlines()[0])  # type: ignore[assignment]
-    failing = _failing(item, _phase_events(item, call.when))
-    if failing and report.failed:
-        report.sections.append((_SECTION, render(failing, _where(item.config))))
+        error = _report.hang_error(verdict.events, error, root)
+    if isinstance(error, LoopguardError):
+        report.longrepr = _report.failure_repr(error, root)  # type: ignore[assignment]
+        if isinstance(error, LoopBlockedError):
+            return report
+    if verdict.failing and report.failed:
+        report.sections.append((_SECTION, _report.render(verdict.failing, root)))
     return report
-
-
-def _hang_error(item: pytest.Item, phase: str, error: LoopHangError) -> BaseException:
-    # Shown like any block, with the whole stack the hang guard took.
-    hangs = [e for e in _phase_events(item, phase) if e.timed_out]
-    if not hangs and error.event is not None:
-        hangs = [error.event]
-    return LoopBlockedError(render(hangs, _where(item.config)), hangs) if hangs else error
 
 
 class LoopguardFixture:
@@ -339,7 +316,7 @@ def loopguard_sqlalchemy_fixture(request: pytest.FixtureRequest) -> Iterator[obj
     if request.node.get_closest_marker("allow_lazy_loads") is not None:
         yield None
         return
-    with guards.SQLAlchemyGuard(root=str(_where(request.config))) as guard:
+    with guards.SQLAlchemyGuard(root=str(_root(request.config))) as guard:
         yield guard
     errors = [violation.error for violation in guard.violations]
     if errors and isinstance(request.node, pytest.Item) and _swallowed(request.node, errors):
@@ -356,7 +333,7 @@ def loopguard_sessionmaker_fixture(
 
     def strict(factory: object) -> object:
         __tracebackhide__ = True
-        made.append(guards.StrictSessionFactory(factory, str(_where(request.config))))
+        made.append(guards.StrictSessionFactory(factory, str(_root(request.config))))
         return made[-1]
 
     yield strict

@@ -24,12 +24,13 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sqlalchemy.orm import InstrumentedAttribute, ORMExecuteState, Session, sessionmaker
 from sqlalchemy.orm.exc import DetachedInstanceError
 
+from ._events import LoopguardError
 from ._frames import FrameFilter, FrameInfo, describe
 
 _ATTRIBUTE_GET = InstrumentedAttribute.__get__.__code__
 
 
-class LazyLoadError(MissingGreenlet):
+class LazyLoadError(MissingGreenlet, LoopguardError):
     """A lazy load on an AsyncSession object, stopped before any SQL was sent.
 
     Subclasses ``MissingGreenlet`` (what SQLAlchemy would have raised), so existing ``except``
@@ -39,11 +40,11 @@ class LazyLoadError(MissingGreenlet):
     code = None  # type: ignore[assignment]  # our message has the fix; no generic link
 
 
-class SyncEngineOnLoopError(RuntimeError):
+class SyncEngineOnLoopError(RuntimeError, LoopguardError):
     """A sync ``Engine`` was about to execute SQL on the event-loop thread."""
 
 
-class DetachedAccessError(DetachedInstanceError):
+class DetachedAccessError(DetachedInstanceError, LoopguardError):
     """An attribute of an object read after its strict session closed or expunged it."""
 
     code = None  # type: ignore[assignment]
@@ -86,7 +87,7 @@ def _identity(instance: object) -> str:
     return f"{type(instance).__name__}({pairs})"
 
 
-def _where(frame: FrameType | None, root: str | None) -> tuple[FrameInfo | None, str]:
+def _user_location(frame: FrameType | None, root: str | None) -> tuple[FrameInfo | None, str]:
     if frame is None:
         return None, "an unknown line"
     info = describe(frame, frame.f_lineno or 0)
@@ -168,7 +169,7 @@ class SQLAlchemyGuard:
         instance = getter.f_locals.get("instance") if getter is not None else None
         if instance is None and state.lazy_loaded_from is not None:
             instance = state.lazy_loaded_from.obj()
-        info, at = _where(user, self.root)
+        info, at = _user_location(user, self.root)
         message = _lazy_message(attr, instance, state.is_relationship_load, at)
         error = LazyLoadError(message)
         self._record("lazy load", message, info, error)
@@ -179,7 +180,7 @@ class SQLAlchemyGuard:
         if getattr(conn.dialect, "is_async", False) or asyncio._get_running_loop() is None:
             return
         _, user = _access_frames()
-        info, at = _where(user, self.root)
+        info, at = _user_location(user, self.root)
         url = conn.engine.url.render_as_string(hide_password=True)
         message = (
             f"sync Engine {url} used on the event-loop thread at {at}: its connect and every "
@@ -237,7 +238,7 @@ def _first_user_frame(frame: FrameType | None) -> FrameType | None:
 
 def _detached_message(instance: object, name: str, user: FrameType | None, root: str | None) -> str:
     model = type(instance).__name__
-    _, at = _where(user, root or os.getcwd())
+    _, at = _user_location(user, root or os.getcwd())
     return (
         f"{model}.{name} read at {at} after its session closed or expunged it: a loaded value "
         f"is stale, an unloaded one raises DetachedInstanceError\n"

@@ -1,0 +1,56 @@
+"""The seam between the watchdog and an event loop implementation: one small interface.
+
+A ``LoopRun`` is one run of one loop on one thread (from ``run_forever`` starting to it
+returning). The watchdog asks it only what differs between loop implementations: which unit of
+work (callback, task step) runs now, since when, where that unit's own stack ends, how to get a
+callback run on the loop from another thread, and how to turn its debug mode on. Everything
+else — sampling, timing, verdicts, the hang interrupt — is the same for every loop.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from types import FrameType
+from typing import Any, Protocol
+
+from ._frames import Stack
+
+
+class LoopRun(Protocol):
+    """What the watchdog needs from a running loop; one module per implementation."""
+
+    loop: Any
+    # The unit's identity can outlive one unit of work (uvloop reuses a task's coroutine frame
+    # for all its steps): a callback posted behind it, or a periodic tick, must confirm its end.
+    needs_beat: bool
+
+    def unit(self, top: FrameType | None) -> object | None:
+        """The identity of the unit of work running now, given the thread's innermost frame;
+        None while the loop waits for work."""
+
+    def started(self, unit: object, since: float, now: float) -> float:
+        """When ``unit``, first seen at ``now``, began; it was not running at ``since``."""
+
+    def stack(self, top: FrameType | None) -> Stack:
+        """The running unit's frames, from ``top`` down to where the loop called into it."""
+
+    def post(self, callback: Callable[[], None]) -> None:
+        """From any thread: have ``callback`` run on the loop once it is free."""
+
+    def debug(self, threshold: float) -> Callable[[], None] | None:
+        """Turn on the loop's own slow-callback debugging; returns how to undo it."""
+
+    def close(self) -> None:
+        """The run is over, or the engine stops watching it (from any thread)."""
+
+
+def frames_until(
+    top: FrameType | None, code: object = None, base: FrameType | None = None
+) -> Stack:
+    """Frames from ``top`` down to, not including, the first running ``code`` or ``base``."""
+    stack: Stack = []
+    frame = top
+    while frame is not None and frame.f_code is not code and frame is not base:
+        stack.append((frame, frame.f_lineno or 0))
+        frame = frame.f_back
+    return stack

@@ -1,0 +1,75 @@
+"""The stdlib asyncio loop (and every ``BaseEventLoop`` subclass, nest_asyncio's included).
+
+Each callback runs in a new ``Handle._run`` frame: that frame *is* the unit of work, so seeing
+the same frame object on two looks proves the same callback still holds the loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from contextlib import suppress
+from types import CodeType, FrameType
+from typing import Any
+
+from . import _clocks
+from ._backend import frames_until
+from ._frames import Stack
+
+RUN_CODE: CodeType = asyncio.events.Handle._run.__code__
+
+
+class AsyncioRun:
+    """One run of a stdlib loop on its thread."""
+
+    needs_beat = False
+
+    def __init__(self, loop: Any) -> None:
+        self.loop = loop
+
+    def unit(self, top: FrameType | None) -> FrameType | None:
+        frame = top
+        while frame is not None and frame.f_code is not RUN_CODE:
+            frame = frame.f_back
+        return frame
+
+    def started(self, unit: object, since: float, now: float) -> float:
+        # The loop notes in ``_run_once`` when its current batch of callbacks began; a callback
+        # of that batch cannot have started earlier, and usually started within microseconds.
+        batch = _batch_start(unit) if isinstance(unit, FrameType) else None
+        if batch is not None and since <= batch <= now:
+            return batch
+        return (since + now) / 2
+
+    def stack(self, top: FrameType | None) -> Stack:
+        return frames_until(top, RUN_CODE)
+
+    def post(self, callback: Callable[[], None]) -> None:
+        with suppress(RuntimeError):  # a closed loop is not running anything either
+            self.loop.call_soon_threadsafe(callback)
+
+    def debug(self, threshold: float) -> Callable[[], None] | None:
+        loop, was, slow = self.loop, self.loop.get_debug(), self.loop.slow_callback_duration
+        loop.set_debug(True)
+        loop.slow_callback_duration = threshold
+
+        def restore() -> None:
+            if not loop.is_closed():
+                loop.set_debug(was)
+            loop.slow_callback_duration = slow
+
+        return restore
+
+    def close(self) -> None:
+        pass
+
+
+def _batch_start(run_frame: FrameType) -> float | None:
+    caller = run_frame.f_back
+    # By name: nest_asyncio's re-implementation of _run_once keeps the same ``end_time``.
+    if caller is None or caller.f_code.co_name != "_run_once":
+        return None
+    end_time = caller.f_locals.get("end_time")
+    if not isinstance(end_time, float):
+        return None
+    return end_time + _clocks.loop_time_offset()

@@ -1,0 +1,287 @@
+"""Which threads run which loops: the session-lived patches of the loops' entry points.
+
+Every stdlib loop (``BaseEventLoop`` and its subclasses, nest_asyncio's patched ones included)
+announces itself through ``asyncio.events._set_running_loop`` when it starts and stops running:
+that one module attribute is wrapped, whatever loop classes exist or are defined later. Loops
+written in C (uvloop) call their own copy of it, taken when they were imported, so their class's
+``run_forever`` is wrapped instead — now if imported already, or by an import hook the moment
+they are imported. The engine hears of each start and stop through a ``Listener``.
+"""
+
+from __future__ import annotations
+
+import asyncio.events
+import importlib.abc
+import importlib.machinery
+import sys
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from types import FrameType, ModuleType
+from typing import Any, Protocol
+
+from . import _clocks
+from ._backend import LoopRun
+from ._backend_asyncio import AsyncioRun
+from ._backend_uvloop import NativeRun
+
+# (module, class) of the event loops implemented in C that we know how to watch.
+NATIVE: tuple[tuple[str, str], ...] = (("uvloop", "Loop"), ("winloop", "Loop"))
+
+
+@dataclass(eq=False)
+class LoopThread:
+    """A thread that runs event loops, and what the watchdog last saw of it."""
+
+    ident: int
+    name: str
+    native_id: int | None
+    cpu_clock: _clocks.CpuClock | None
+    runs: list[LoopRun] = field(default_factory=list)  # the loops it runs now, innermost last
+    last_poll: float = 0.0  # when the watchdog last looked (or the loop started)
+    cpu_at_poll: float | None = None
+    queue_clock: _clocks.RunQueueClock | None = None  # opened on the first block that arms
+    queue_tried: bool = False
+    block: Any = None  # the unit of work the watchdog saw running (a _block.Block)
+    beat_ran: float = float("-inf")  # when a beat or tick last ran on its loop
+    restore_debug: list[Callable[[], None]] = field(default_factory=list)
+
+    @classmethod
+    def current(cls) -> LoopThread:
+        thread = threading.current_thread()
+        native = getattr(thread, "native_id", None)
+        return cls(thread.ident or threading.get_ident(), thread.name, native, None)
+
+    @property
+    def run(self) -> LoopRun | None:
+        return self.runs[-1] if self.runs else None
+
+    def beat(self) -> None:
+        """Runs on the loop's thread, so only while no unit holds the loop. Lock-free on
+        purpose: plain attribute stores, and a tick must never wait for the watchdog."""
+        now = _clocks.now()
+        self.beat_ran = now
+        block = self.block
+        if block is not None:
+            block.beaten(now)
+
+    def queued(self) -> float | None:
+        """The thread's run-queue wait so far, opening its clock on first use."""
+        if self.queue_clock is None and not self.queue_tried and self.native_id is not None:
+            self.queue_tried = True
+            self.queue_clock = _clocks.RunQueueClock.open(self.native_id)
+        return None if self.queue_clock is None else self.queue_clock.read()
+
+    def forget(self) -> None:
+        for run in self.runs:
+            run.close()
+        self.runs.clear()
+        if self.queue_clock is not None:
+            self.queue_clock.close()
+            self.queue_clock = None
+
+
+class Listener(Protocol):
+    """What the registry tells (the engine)."""
+
+    def loop_started(self, thread: LoopThread, run: LoopRun) -> None: ...
+
+    def loop_stopping(self, thread: LoopThread, run: LoopRun) -> None: ...
+
+    def tick_period(self) -> float: ...
+
+
+@dataclass(frozen=True)
+class _Patch:
+    owner: Any
+    name: str
+    own: object  # what the owner's __dict__ had before, None if it inherited the attribute
+    ours: object
+
+
+class Registry:
+    """The loops running now, by thread; installed once for a session (or a lone LoopGuard)."""
+
+    def __init__(self, listener: Listener) -> None:
+        self.listener = listener
+        self.threads: dict[int, LoopThread] = {}
+        self._patches: list[_Patch] = []
+        self._watch: _ImportWatch | None = None
+
+    @property
+    def installed(self) -> bool:
+        return bool(self._patches)
+
+    def leftovers(self) -> list[str]:
+        left = [f"{p.owner.__name__}.{p.name} patched" for p in self._patches]
+        if self._watch is not None or any(isinstance(f, _ImportWatch) for f in sys.meta_path):
+            left.append("the import hook")
+        if self.threads:
+            left.append(f"{len(self.threads)} loop thread record(s)")
+        return left
+
+    def running(self) -> list[LoopThread]:
+        return [t for t in tuple(self.threads.values()) if t.runs]
+
+    def install(self) -> None:
+        try:
+            self._set(asyncio.events, "_set_running_loop", self._hook(asyncio.events))
+            for module, cls in NATIVE:
+                if module in sys.modules:
+                    self._patch_native(sys.modules[module], cls)
+            self._watch = _ImportWatch(self._imported)
+            sys.meta_path.insert(0, self._watch)
+        except BaseException:
+            self.uninstall()  # all or nothing
+            raise
+
+    def uninstall(self) -> None:
+        if self._watch is not None and self._watch in sys.meta_path:
+            sys.meta_path.remove(self._watch)
+        self._watch = None
+        for patch in reversed(self._patches):
+            if patch.owner.__dict__.get(patch.name) is not patch.ours:
+                continue  # replaced since by the test or a library: theirs stays
+            if patch.own is None:
+                delattr(patch.owner, patch.name)
+            else:
+                setattr(patch.owner, patch.name, patch.own)
+        self._patches.clear()
+        for thread in tuple(self.threads.values()):
+            thread.forget()
+        self.threads.clear()
+
+    def _set(self, owner: Any, name: str, ours: object) -> None:
+        self._patches.append(_Patch(owner, name, owner.__dict__.get(name), ours))
+        setattr(owner, name, ours)
+
+    def _hook(self, events: ModuleType) -> Callable[[Any], None]:
+        original = events._set_running_loop
+        announce = self.announce
+
+        def _set_running_loop(loop: Any) -> None:
+            original(loop)
+            announce(loop)
+
+        _set_running_loop.__wrapped__ = original  # type: ignore[attr-defined]
+        return _set_running_loop
+
+    def _imported(self, module: ModuleType) -> None:
+        for name, cls in NATIVE:
+            if module.__name__ == name:
+                self._patch_native(module, cls)
+
+    def _patch_native(self, module: ModuleType, cls_name: str) -> None:
+        cls = getattr(module, cls_name, None)
+        if not isinstance(cls, type) or any(p.owner is cls for p in self._patches):
+            return
+        original: Callable[..., Any] = getattr(cls, "run_forever")  # noqa: B009
+        enter, leave = self.enter_native, self.leave
+
+        def run_forever(loop: Any, *args: Any) -> Any:
+            # The loop runs its callbacks from C right above this frame: the unit's anchor.
+            entered = enter(loop, sys._getframe())
+            try:
+                return original(loop, *args)
+            finally:
+                if entered:
+                    leave(loop)
+
+        run_forever.__wrapped__ = original  # type: ignore[attr-defined]
+        self._set(cls, "run_forever", run_forever)
+
+    # -- on the loop's thread -------------------------------------------------------------
+
+    def announce(self, loop: Any) -> None:
+        """``_set_running_loop(loop)``: this thread now runs ``loop``, or none (None)."""
+        thread = self.threads.get(threading.get_ident())
+        if loop is None:
+            if thread is not None:
+                self._pop_to(thread, None)
+        elif thread is None or not any(r.loop is loop for r in thread.runs):
+            self._push(thread, AsyncioRun(loop))
+        else:
+            self._pop_to(thread, loop)  # back in an outer run (nest_asyncio restores it)
+
+    def enter_native(self, loop: Any, base: FrameType) -> bool:
+        thread = self._here()
+        if any(r.loop is loop for r in thread.runs):
+            return False  # a nested call of the same loop's entry: one run
+        self._push(thread, NativeRun(loop, base, self.listener.tick_period(), thread.beat))
+        return True
+
+    def leave(self, loop: Any) -> None:
+        thread = self.threads.get(threading.get_ident())
+        if thread is not None and any(r.loop is loop for r in thread.runs):
+            self._pop_to(thread, loop)
+            self._pop(thread)
+
+    def adopt(self, loop: Any) -> LoopThread:
+        """A loop that was running before we were installed, on this thread: watch it now."""
+        thread = self.threads.get(threading.get_ident())
+        if thread is None or not any(r.loop is loop for r in thread.runs):
+            thread = self._push(thread, AsyncioRun(loop))
+        return thread
+
+    def _here(self) -> LoopThread:
+        ident = threading.get_ident()
+        thread = self.threads.get(ident)
+        if thread is None:
+            thread = self.threads[ident] = LoopThread.current()
+        return thread
+
+    def _push(self, thread: LoopThread | None, run: LoopRun) -> LoopThread:
+        thread = thread or self._here()
+        thread.runs.append(run)
+        self.listener.loop_started(thread, run)
+        return thread
+
+    def _pop_to(self, thread: LoopThread, loop: Any) -> None:
+        """Stop the runs above the innermost run of ``loop`` (all of them for None)."""
+        while thread.runs and thread.runs[-1].loop is not loop:
+            self._pop(thread)
+
+    def _pop(self, thread: LoopThread) -> None:
+        run = thread.runs[-1]
+        self.listener.loop_stopping(thread, run)
+        thread.runs.pop()
+        run.close()
+        if not thread.runs and thread.ident != threading.main_thread().ident:
+            self.threads.pop(thread.ident, None)  # a worker thread's record goes with its loop
+
+
+class _ImportWatch(importlib.abc.MetaPathFinder):
+    """Patches a C loop class the moment its module is first imported (inside a test too)."""
+
+    def __init__(self, on_import: Callable[[ModuleType], None]) -> None:
+        self._on_import = on_import
+        self._names = {module for module, _ in NATIVE}
+
+    def find_spec(
+        self, fullname: str, path: Sequence[str] | None, target: ModuleType | None = None
+    ) -> importlib.machinery.ModuleSpec | None:
+        if fullname not in self._names:
+            return None
+        spec = importlib.machinery.PathFinder.find_spec(fullname, path)
+        if spec is None or spec.loader is None:
+            return None
+        spec.loader = _ThenPatch(spec.loader, self._on_import)
+        return spec
+
+
+class _ThenPatch(importlib.abc.Loader):
+    """Runs the real loader, puts it back on the module, then patches the loop class."""
+
+    def __init__(self, inner: Any, after: Callable[[ModuleType], None]) -> None:
+        self._inner, self._after = inner, after
+
+    def create_module(self, spec: importlib.machinery.ModuleSpec) -> ModuleType | None:
+        created: ModuleType | None = self._inner.create_module(spec)
+        return created
+
+    def exec_module(self, module: ModuleType) -> None:
+        module.__loader__ = self._inner
+        if module.__spec__ is not None:
+            module.__spec__.loader = self._inner
+        self._inner.exec_module(module)
+        self._after(module)

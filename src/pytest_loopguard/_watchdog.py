@@ -1,0 +1,167 @@
+"""The watchdog: one thread for the session, asleep unless a guard is active and a loop runs.
+
+Nothing runs per callback. The watchdog looks at the loop threads' stacks
+(``sys._current_frames()``) every half threshold, and every few milliseconds once a unit of work
+has held its loop for half the threshold, counting the user lines it finds there. Looks are rare
+on purpose: each one takes the GIL from a busy loop thread. While no guard is active or no loop
+runs it waits without a timeout, and the first loop start (or guard) after that wakes it.
+"""
+
+from __future__ import annotations
+
+import sys
+import threading
+from dataclasses import replace
+from types import FrameType
+from typing import TYPE_CHECKING
+
+from . import _clocks
+from ._backend import LoopRun
+from ._block import Block, for_label
+from ._frames import describe
+from ._loops import LoopThread
+
+if TYPE_CHECKING:
+    from ._engine import Engine
+
+
+class Watchdog:
+    """The sampling thread. ``looks`` and ``naps`` count its work, for tests and benchmarks."""
+
+    NAME = "pytest-loopguard-watchdog"
+
+    def __init__(self, engine: Engine) -> None:
+        self._engine = engine
+        self._cond = threading.Condition(threading.Lock())
+        self._thread: threading.Thread | None = None
+        self._stopping = False
+        self.sleeping = False
+        self.looks = 0  # wake-ups that looked at loop threads
+        self.naps = 0  # times it went to sleep with nothing to watch
+
+    @property
+    def alive(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    def start(self) -> None:
+        self._stopping, self.sleeping = False, False
+        self._thread = threading.Thread(target=self._run, name=self.NAME, daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        with self._cond:
+            self._stopping = True
+            self._cond.notify_all()
+        thread, self._thread = self._thread, None
+        if thread is not None and thread.ident is not None:
+            thread.join()
+
+    def wake(self) -> None:
+        """A loop started or a guard subscribed while the watchdog slept."""
+        with self._cond:
+            self._cond.notify_all()
+
+    def _wanted(self) -> bool:
+        engine = self._engine
+        return bool(engine.guards) and any(t.runs for t in tuple(engine.registry.threads.values()))
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                # ``sleeping`` is set before ``_wanted`` is read: a loop start that reads it
+                # after that either sees it set (and wakes us) or was already seen here.
+                self.sleeping = True
+                while not self._stopping and not self._wanted():
+                    self.naps += 1
+                    self._cond.wait()
+                self.sleeping = False
+                due = self._due()
+                if due > 0 and not self._stopping:
+                    self._cond.wait(due)
+                if self._stopping:
+                    return
+            if self._wanted():
+                self.looks += 1
+                self._poll()
+
+    def _due(self) -> float:
+        """Seconds until the next look: an interval after the oldest look at a running loop (or
+        its start). A wake that C code holding the GIL delayed past that looks at once, still
+        inside the unit that held it: Python hands the GIL over at its first bytecode after."""
+        threshold = self._engine.threshold
+        threads = self._engine.registry.running()
+        # Look fast only while some unit has held its loop for half the threshold.
+        if any(t.block is not None and t.block.armed for t in threads):
+            interval = min(max(threshold / 20, 0.001), 0.005)
+        else:
+            interval = min(max(threshold / 2, 0.001), 0.05)
+        oldest = min((t.last_poll for t in threads), default=_clocks.now())
+        return interval - (_clocks.now() - oldest)
+
+    def _poll(self) -> None:
+        engine = self._engine
+        with engine.lock:
+            frames = sys._current_frames()
+            now = _clocks.now()
+            looked = []
+            for thread in engine.registry.running():
+                run, top = thread.run, frames.get(thread.ident)
+                if run is not None:
+                    self._look(thread, run, top, now)
+                    looked.append((thread, run, top))
+            # Only once every thread is sampled: a loop thread given the GIL would move on
+            # from the line its sample must name.
+            for thread, run, top in looked:
+                self._after_sampling(thread, run, top, now)
+            del frames, looked
+            engine.flush()
+
+    def _look(self, thread: LoopThread, run: LoopRun, top: FrameType | None, now: float) -> None:
+        engine = self._engine
+        unit = run.unit(top)
+        engine.settle(thread, unit, now)
+        if unit is not None:
+            if thread.block is None:
+                thread.block = engine.open(thread, run, unit, now)
+            block: Block = thread.block
+            block.observe(run.stack(top), now, engine.threshold, engine.filter)
+            for label in block.labels:
+                if label.guard.allowing(thread.ident):
+                    label.allowed = True
+        thread.last_poll = now
+
+    def _after_sampling(
+        self, thread: LoopThread, run: LoopRun, top: FrameType | None, now: float
+    ) -> None:
+        """What may drop the GIL (a socket write, /proc, source files): after every sample."""
+        thread.cpu_at_poll = cpu = _clocks.read(thread.cpu_clock)
+        block = thread.block
+        if block is None:
+            return
+        block.cpu_last = cpu
+        if not block.armed:
+            return  # the rest drops the GIL: only for a block that may get a verdict
+        queued = thread.queued()
+        if block.queued_first is None:
+            block.queued_first, block.queued_since = queued, now
+        block.queued_last = queued
+        if block.beat is None:
+            # A late look must not stretch a block: the beat runs right after the unit and
+            # bounds its end even when a busy loop keeps the watchdog from the GIL.
+            block.beat = now
+            run.post(thread.beat)
+        timeout = min((lb.guard.timeout for lb in block.labels if lb.guard.timeout), default=None)
+        if not block.hung and timeout is not None and now - block.start >= timeout:
+            self._interrupt(thread, run, block, top, now)
+
+    def _interrupt(
+        self, thread: LoopThread, run: LoopRun, block: Block, top: FrameType | None, now: float
+    ) -> None:
+        """A hang: record it with the whole stack now, then break the loop thread out of it."""
+        block.hung = True
+        full = tuple(describe(f, n) for f, n in run.stack(top))
+        event = block.event(now, 0.0, thread.name)
+        event = replace(event, stack=tuple(reversed(full)), timed_out=True)
+        for label in block.labels:
+            label.guard.record(for_label(event, label))
+        self._engine.hang.fire(thread.ident, run, block.unit, for_label(event, block.labels[0]))
