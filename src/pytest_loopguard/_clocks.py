@@ -7,6 +7,7 @@ import threading
 import time
 from collections.abc import Callable
 from contextlib import suppress
+from functools import partial
 from typing import Any
 
 # Captured at import, so that a test patching time.perf_counter cannot skew a verdict.
@@ -33,7 +34,7 @@ def cpu_clock(ident: int) -> CpuClock | None:
         time.clock_gettime(clock_id)
     except (AttributeError, OSError):
         return None
-    return lambda: time.clock_gettime(clock_id)
+    return partial(time.clock_gettime, clock_id)  # no Python frame: read at every loop start
 
 
 def read(clock: CpuClock | None) -> float | None:

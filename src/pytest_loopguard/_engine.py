@@ -58,7 +58,8 @@ class Engine:
         self.hang = HangInterrupt()
         self.registry = Registry(self)
         self.watchdog = Watchdog(self)
-        self._ended: list[_Ended] = []
+        self.ended: list[_Ended] = []
+        self.open_blocks = 0  # blocks open on some thread: when none is, reading events is free
 
     # -- leases: the machinery's lifetime ------------------------------------------------
 
@@ -115,40 +116,58 @@ class Engine:
             gc.callbacks.remove(self.gc.on_gc)
         self.registry.uninstall()
         self.gc.clear()
-        self._ended.clear()
+        self.ended.clear()
+        self.open_blocks = 0
 
     # -- guards ---------------------------------------------------------------------------
 
     def subscribe(self, guard: LoopGuard) -> None:
         """From now on, blocks that begin are (also) ``guard``'s."""
-        running = asyncio._get_running_loop()
-        if isinstance(running, asyncio.BaseEventLoop):
-            self.registry.adopt(running)  # entered inside a loop started before we were set up
-        with self.lock:
-            if not self.guards:
-                self._wake_threads()
-            self._take_over(guard)
+        if not self.registry.active and asyncio._get_running_loop() is None:
+            # No loop runs: nothing to take over, no watchdog to wake (a sync test's case).
             self.guards = (*self.guards, guard)
             self._tune()
-        if self.watchdog.sleeping and self.registry.running():
+            return
+        running = asyncio._get_running_loop()
+        if running is not None and isinstance(running, asyncio.BaseEventLoop):
+            self.registry.adopt(running)  # entered inside a loop started before we were set up
+        with self.lock:
+            if self.registry.active:
+                if not self.guards:
+                    self._wake_threads()
+                self._take_over(guard)
+            self.guards = (*self.guards, guard)
+            self._tune()
+        if self.registry.active and self.watchdog.sleeping:
             self.watchdog.wake()
 
     def unsubscribe(self, guard: LoopGuard) -> None:
         """``guard`` is done: what it saw so far of an ongoing block counts up to now."""
-        with self.lock:
-            self._settle_all()
-            now = _clocks.now()
-            for thread in tuple(self.registry.threads.values()):
-                self._release_label(thread, guard, now, 0.0)
+        if guard.quiet():  # no block open, nothing to record: a switch
             self.guards = tuple(g for g in self.guards if g is not guard)
             self._tune()
-            self.flush()
+            return
+        with self.lock:
+            if self.busy():
+                self._settle_all()
+                now = _clocks.now()
+                for thread in tuple(self.registry.threads.values()):
+                    self._release_label(thread, guard, now, 0.0)
+                self.flush()
+            guard.flush_calls()
+            self.guards = tuple(g for g in self.guards if g is not guard)
+            self._tune()
 
     def _tune(self) -> None:
-        self.threshold = min((g.threshold for g in self.guards), default=_DEFAULT_THRESHOLD)
-        debug = [g.threshold for g in self.guards if g.debug]
-        self._debug = min(debug) if debug else None
-        self.gc.watching = bool(self.guards)
+        guards = self.guards
+        if len(guards) == 1:  # the plugin's case: one test at a time
+            self.threshold = guards[0].threshold
+            self._debug = self.threshold if guards[0].debug else None
+        else:
+            self.threshold = min([g.threshold for g in guards], default=_DEFAULT_THRESHOLD)
+            debug = [g.threshold for g in guards if g.debug]
+            self._debug = min(debug) if debug else None
+        self.gc.watching = bool(guards)
 
     def _wake_threads(self) -> None:
         # The watchdog slept while no guard was active: its last looks are stale, and a start
@@ -168,7 +187,7 @@ class Engine:
                 frames = frames if frames is not None else sys._current_frames()
                 unit = run.unit(frames.get(thread.ident))
                 if unit is not None:
-                    thread.block = self.open(thread, run, unit, _clocks.now())
+                    self.open(thread, run, unit, _clocks.now())
         del frames
 
     def relabel(self, guard: LoopGuard) -> None:
@@ -205,14 +224,12 @@ class Engine:
         if block.reportable:
             end, queued = block.measure(now, None, self._collecting(thread))
             if end - block.start >= guard.threshold:
-                self._ended.append(_Ended(thread.name, block, end, queued, (label,)))
+                self.ended.append(_Ended(thread.name, block, end, queued, (label,)))
         block.labels.remove(label)
 
     def busy(self) -> bool:
         """Whether a block is open or waiting to become events (else reading them is free)."""
-        return bool(self._ended) or any(
-            t.block is not None for t in tuple(self.registry.threads.values())
-        )
+        return bool(self.open_blocks or self.ended)
 
     def events_of(self, guard: LoopGuard) -> None:
         """Bring ``guard``'s events up to date: settle every open block, make pending events."""
@@ -220,17 +237,23 @@ class Engine:
             with self.lock:
                 self._settle_all()
                 self.flush()
-        elif guard.calls is not None and guard.calls.pending:
+        # Strict mode's calls are made events only when read: a call counted after that would
+        # be missing from its event's count of times.
+        if guard.calls is not None and guard.calls.pending:
             with self.lock:
                 guard.flush_calls()
 
     # -- the registry tells: on the loop's own thread --------------------------------------
 
     def loop_started(self, thread: LoopThread, run: LoopRun) -> None:
+        # Runs at every loop start (pytest-asyncio starts a few a test): kept to a few lines.
         if len(thread.runs) == 1:  # not a nested run: the thread was not in a unit till now
-            if thread.cpu_clock is None:
-                thread.cpu_clock = _clocks.cpu_clock(thread.ident)
-            thread.last_poll, thread.cpu_at_poll = _clocks.now(), _clocks.read(thread.cpu_clock)
+            clock = thread.cpu_clock
+            if clock is None and not thread.cpu_tried:
+                thread.cpu_tried = True
+                clock = thread.cpu_clock = _clocks.cpu_clock(thread.ident)
+            thread.last_poll = _clocks.now()
+            thread.cpu_at_poll = None if clock is None else clock()  # its own thread: alive
         if self._debug is not None:
             restore = run.debug(self._debug)
             if restore is not None:
@@ -241,10 +264,16 @@ class Engine:
     def loop_stopping(self, thread: LoopThread, run: LoopRun) -> None:
         if thread.block is not None:
             with self.lock:
-                self.settle(thread, None, _clocks.now())
+                self.close(thread, _clocks.now())
         if len(thread.runs) == 1:
             while thread.restore_debug:
                 thread.restore_debug.pop()()
+
+    def thread_done(self, thread: LoopThread) -> None:
+        # A block opened on our own frames as the last loop stopped (no unit of the loop's).
+        if thread.block is not None:
+            with self.lock:
+                self.close(thread, _clocks.now())
 
     def tick_period(self) -> float:
         return min(max(self.threshold / 10, 0.001), 0.01)
@@ -252,6 +281,7 @@ class Engine:
     # -- blocks (the caller holds ``lock``) -------------------------------------------------
 
     def open(self, thread: LoopThread, run: LoopRun, unit: object, now: float) -> Block:
+        """Open a block for ``unit``, first seen running on ``thread`` at ``now``."""
         # CPU time is counted from the previous look: a block first seen when it is nearly
         # over (C code kept the watchdog waiting for the GIL) still gets a meaningful share.
         since = max(thread.last_poll, thread.beat_ran)
@@ -260,6 +290,8 @@ class Engine:
         cpu = thread.cpu_at_poll
         block = Block(unit, start, now, cpu, thread.last_poll, now, labels, run.needs_beat)
         block.cpu_last = cpu
+        thread.block = block
+        self.open_blocks += 1
         return block
 
     def settle(self, thread: LoopThread, unit: object | None, now: float) -> None:
@@ -273,12 +305,15 @@ class Engine:
     def close(self, thread: LoopThread, now: float, ended_by: float | None = None) -> None:
         """End ``thread``'s block: it was last seen running, and is gone at ``now``."""
         block, thread.block = thread.block, None
-        if block is None or not block.reportable:
+        if block is None:
             return
-        end, queued = block.measure(now, ended_by, self._collecting(thread))
-        labels = tuple(lb for lb in block.labels if end - block.start >= lb.guard.threshold)
-        if labels:
-            self._ended.append(_Ended(thread.name, block, end, queued, labels))
+        if block.reportable:
+            end, queued = block.measure(now, ended_by, self._collecting(thread))
+            labels = tuple(lb for lb in block.labels if end - block.start >= lb.guard.threshold)
+            if labels:
+                self.ended.append(_Ended(thread.name, block, end, queued, labels))
+        # Only now: ``busy`` is read without the lock, and must never see a block in neither.
+        self.open_blocks -= 1
 
     def _collecting(self, thread: LoopThread) -> _clocks.Collecting:
         ident = thread.ident
@@ -298,13 +333,14 @@ class Engine:
         del frames
 
     def flush(self) -> None:
-        ended, self._ended = self._ended, []
+        """Make the ended blocks events. They leave ``_ended`` only once recorded: ``busy`` is
+        read without the lock, and resolving source lines lets other threads run meanwhile."""
+        ended = list(self.ended)
         for item in ended:
             event = item.block.event(item.end, item.queued, item.thread)
             for label in item.labels:
                 label.guard.record(for_label(event, label))
-        for guard in self.guards:
-            guard.flush_calls()
+        del self.ended[: len(ended)]
 
 
 ENGINE = Engine()

@@ -40,12 +40,8 @@ class LoopGuard:
         timeout: float | None = None,
         strict: bool = False,
     ) -> None:
-        if not _positive(threshold):
-            raise ValueError(f"threshold must be a finite number of seconds > 0, got {threshold!r}")
-        if timeout is not None and not (_positive(timeout) and timeout > threshold):
-            raise ValueError(f"timeout must be a number of seconds > threshold, got {timeout!r}")
-        self.threshold = float(threshold)
         self.timeout = timeout
+        self.threshold = _checked(threshold, timeout)
         self.debug = debug
         self.phase: str | None = None
         self.fixture: str | None = None
@@ -60,6 +56,20 @@ class LoopGuard:
         if self._active:
             ENGINE.events_of(self)
         return list(self._events)
+
+    @property
+    def recorded(self) -> int:
+        """How many events are recorded so far (without settling open blocks)."""
+        return len(self._events)
+
+    def quiet(self, since: int | None = None) -> bool:
+        """Whether reading ``events`` now would add nothing to it (and, given ``since``, it
+        holds no more than that many): the cheap check every test phase makes."""
+        if since is not None and len(self._events) != since:
+            return False
+        calls = self.calls
+        busy = ENGINE.open_blocks or ENGINE.ended  # ENGINE.busy(), without a call
+        return not (busy or (calls is not None and calls.pending))
 
     @property
     def context(self) -> tuple[str | None, str | None]:
@@ -85,6 +95,8 @@ class LoopGuard:
 
     def name_fixture(self, since: int, fixture: str) -> None:
         """Give ``fixture`` to the unnamed blocks recorded after the first ``since`` events."""
+        if self.quiet(since):
+            return
         events = self.events
         for i in range(since, len(events)):
             if events[i].fixture is None:
@@ -110,8 +122,9 @@ class LoopGuard:
         self._events.append(event)
 
     def flush_calls(self) -> None:
-        if self.calls is not None and self.calls.pending:
-            self._events.extend(self.calls.events())
+        calls = self.calls
+        if calls is not None and calls.pending:
+            calls.drain(self._events)
 
     def unit_here(self, frame: FrameType) -> tuple[str, Stack] | None:
         thread = ENGINE.registry.threads.get(threading.get_ident())
@@ -133,13 +146,10 @@ class LoopGuard:
             raise RuntimeError("this LoopGuard is already active")
         ENGINE.acquire(strict=self.calls is not None, hang=self.timeout is not None)
         try:
-            ENGINE.subscribe(self)
+            self.resume()
         except BaseException:
             ENGINE.release(strict=self.calls is not None, hang=self.timeout is not None)
             raise
-        if self.calls is not None:
-            _strict.HUB.add(self.calls.record)
-        self._active = True
         return self
 
     def __exit__(
@@ -148,12 +158,43 @@ class LoopGuard:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
+        self.pause()
+        ENGINE.release(strict=self.calls is not None, hang=self.timeout is not None)
+
+    def resume(self, threshold: float | None = None) -> None:
+        """Record from now on, afresh: no events, no allowed blocks, a new threshold if given.
+
+        With ``pause``, what the pytest plugin does around each test with one guard for the
+        whole session (whose lease keeps the machinery up): a switch, not a set-up.
+        """
+        self.pause()  # a test interrupted before its end left it running
+        if threshold is not None and threshold != self.threshold:
+            self.threshold = _checked(threshold, self.timeout)
+        self._events, self._allow_depth = [], {}
+        self.phase = self.fixture = None
+        if self.calls is not None:
+            self.calls = _strict.CallLog(self, ENGINE.filter, ENGINE.lock)
+            _strict.HUB.add(self.calls.record)
+        ENGINE.subscribe(self)
+        self._active = True
+
+    def pause(self) -> None:
+        """Stop recording: a unit still running counts up to now, the rest of it is not ours."""
+        if not self._active:
+            return
         if self.calls is not None:
             _strict.HUB.remove(self.calls.record)
         ENGINE.unsubscribe(self)
         self._active = False
-        ENGINE.release(strict=self.calls is not None, hang=self.timeout is not None)
+
+
+def _checked(threshold: float, timeout: float | None) -> float:
+    if not _positive(threshold):
+        raise ValueError(f"threshold must be a finite number of seconds > 0, got {threshold!r}")
+    if timeout is not None and not (_positive(timeout) and timeout > threshold):
+        raise ValueError(f"timeout must be a number of seconds > threshold, got {timeout!r}")
+    return float(threshold)
 
 
 def _positive(value: object) -> bool:
-    return isinstance(value, (int, float)) and math.isfinite(value) and value > 0
+    return isinstance(value, (int, float)) and 0 < value < math.inf  # NaN fails both

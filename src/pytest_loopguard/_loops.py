@@ -37,6 +37,8 @@ class LoopThread:
     name: str
     native_id: int | None
     cpu_clock: _clocks.CpuClock | None
+    main: bool = False  # the main thread: its record stays for the session
+    cpu_tried: bool = False
     runs: list[LoopRun] = field(default_factory=list)  # the loops it runs now, innermost last
     last_poll: float = 0.0  # when the watchdog last looked (or the loop started)
     cpu_at_poll: float | None = None
@@ -50,7 +52,9 @@ class LoopThread:
     def current(cls) -> LoopThread:
         thread = threading.current_thread()
         native = getattr(thread, "native_id", None)
-        return cls(thread.ident or threading.get_ident(), thread.name, native, None)
+        ident = thread.ident or threading.get_ident()
+        main = thread is threading.main_thread()
+        return cls(ident, thread.name, native, None, main=main)
 
     @property
     def run(self) -> LoopRun | None:
@@ -88,6 +92,8 @@ class Listener(Protocol):
 
     def loop_stopping(self, thread: LoopThread, run: LoopRun) -> None: ...
 
+    def thread_done(self, thread: LoopThread) -> None: ...
+
     def tick_period(self) -> float: ...
 
 
@@ -105,6 +111,7 @@ class Registry:
     def __init__(self, listener: Listener) -> None:
         self.listener = listener
         self.threads: dict[int, LoopThread] = {}
+        self.active = 0  # how many threads run a loop now
         self._patches: list[_Patch] = []
         self._watch: _ImportWatch | None = None
 
@@ -150,6 +157,7 @@ class Registry:
         for thread in tuple(self.threads.values()):
             thread.forget()
         self.threads.clear()
+        self.active = 0
 
     def _set(self, owner: Any, name: str, ours: object) -> None:
         self._patches.append(_Patch(owner, name, owner.__dict__.get(name), ours))
@@ -193,15 +201,23 @@ class Registry:
     # -- on the loop's thread -------------------------------------------------------------
 
     def announce(self, loop: Any) -> None:
-        """``_set_running_loop(loop)``: this thread now runs ``loop``, or none (None)."""
+        """``_set_running_loop(loop)``: this thread now runs ``loop``, or none (None).
+
+        Called twice for every loop run (pytest-asyncio makes a few a test): the common case,
+        one loop starting or stopping on a thread, takes the fewest steps."""
         thread = self.threads.get(threading.get_ident())
+        runs = thread.runs if thread is not None else None
         if loop is None:
-            if thread is not None:
-                self._pop_to(thread, None)
-        elif thread is None or not any(r.loop is loop for r in thread.runs):
+            if runs:
+                self._pop_to(thread, None)  # type: ignore[arg-type]
+        elif not runs:
             self._push(thread, AsyncioRun(loop))
-        else:
-            self._pop_to(thread, loop)  # back in an outer run (nest_asyncio restores it)
+        elif runs[-1].loop is not loop:
+            # Back in an outer run (nest_asyncio restores it), or a new loop nested in this one.
+            if any(r.loop is loop for r in runs):
+                self._pop_to(thread, loop)  # type: ignore[arg-type]
+            else:
+                self._push(thread, AsyncioRun(loop))
 
     def enter_native(self, loop: Any, base: FrameType) -> bool:
         thread = self._here()
@@ -231,8 +247,11 @@ class Registry:
         return thread
 
     def _push(self, thread: LoopThread | None, run: LoopRun) -> LoopThread:
-        thread = thread or self._here()
+        if thread is None:
+            thread = self._here()
         thread.runs.append(run)
+        if len(thread.runs) == 1:
+            self.active += 1
         self.listener.loop_started(thread, run)
         return thread
 
@@ -246,7 +265,10 @@ class Registry:
         self.listener.loop_stopping(thread, run)
         thread.runs.pop()
         run.close()
-        if not thread.runs and thread.ident != threading.main_thread().ident:
+        if not thread.runs:
+            self.active -= 1
+        if not thread.runs and not thread.main:
+            self.listener.thread_done(thread)
             self.threads.pop(thread.ident, None)  # a worker thread's record goes with its loop
 
 

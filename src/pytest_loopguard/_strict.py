@@ -246,10 +246,12 @@ class CallLog:
             if self._counts[key] == 1:
                 self.pending.append(_Call(key, hint, found, allowed, thread, guard.fixture))
 
-    def events(self) -> list[BlockEvent]:
-        """The calls recorded since the last time, as events (the caller holds the lock)."""
-        calls, self.pending = self.pending, []
-        return [self._event(c) for c in calls]
+    def drain(self, into: list[BlockEvent]) -> None:
+        """Add the calls recorded since the last time to ``into`` as events (the caller holds
+        the lock). They leave ``pending`` only once added: it is read without the lock."""
+        calls = list(self.pending)
+        into.extend(self._event(c) for c in calls)
+        del self.pending[: len(calls)]
 
     def _event(self, recorded: _Call) -> BlockEvent:
         call, phase, _, _ = recorded.key

@@ -50,15 +50,19 @@ def _as_dict(event: BlockEvent, nodeid: str, verdict: str, root: Path) -> Block:
 
 
 class Collector:
-    """Gathers the blocks of every test report; prints the section and writes the report."""
+    """Gathers the blocks of every test report; prints the section and writes the report.
+
+    In a serial run the plugin hands it each report's blocks as it makes the report; on the
+    controller of a pytest-xdist run, where no test runs, ``Relay`` reads them off the reports
+    that the workers send (a hook call for every report, which a serial run need not pay).
+    """
 
     def __init__(self, config: pytest.Config, settings: Settings) -> None:
         self.config, self.settings = config, settings
         self.blocks: list[Block] = []
 
-    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
-        """Collect the blocks each test phase reported (from xdist workers too)."""
-        self.blocks.extend(getattr(report, "loopguard_blocks", ()))
+    def add(self, blocks: list[Block]) -> None:
+        self.blocks.extend(blocks)
 
     def pytest_terminal_summary(self, terminalreporter: pytest.TerminalReporter) -> None:
         """After the run: how many blocks in how many tests, and the worst ten."""
@@ -82,3 +86,20 @@ class Collector:
             "blocks": blocks,
         }
         Path(self.settings.report).write_text(json.dumps(document, indent=2) + "\n")
+
+
+class Relay:
+    """On an xdist controller: the blocks arrive on the reports the workers send."""
+
+    def __init__(self, collector: Collector) -> None:
+        self.collector = collector
+
+    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        """Collect the blocks each test phase reported on a worker."""
+        self.collector.add(getattr(report, "loopguard_blocks", []))
+
+
+def distributed(config: pytest.Config) -> bool:
+    """Whether this process is the controller of a pytest-xdist run (its workers run the tests)."""
+    dist = getattr(config.option, "dist", "no")
+    return dist != "no" and not hasattr(config, "workerinput")

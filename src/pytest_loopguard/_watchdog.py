@@ -121,9 +121,7 @@ class Watchdog:
         unit = run.unit(top)
         engine.settle(thread, unit, now)
         if unit is not None:
-            if thread.block is None:
-                thread.block = engine.open(thread, run, unit, now)
-            block: Block = thread.block
+            block: Block = thread.block or engine.open(thread, run, unit, now)
             block.observe(run.stack(top), now, engine.threshold, engine.filter)
             for label in block.labels:
                 if label.guard.allowing(thread.ident):

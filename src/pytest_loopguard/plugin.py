@@ -22,13 +22,12 @@ from ._guard import LoopGuard
 from ._settings import SETTINGS_KEY, Settings
 from ._verdict import NOTHING, Verdict, judge
 
-_GUARD = pytest.StashKey[LoopGuard]()
+_RUN = pytest.StashKey["_TestRun"]()
 _ITEM_SETTINGS = pytest.StashKey[Settings]()
-_VERDICTS = pytest.StashKey[dict[str, Verdict]]()
-_TEARDOWN_MARK = pytest.StashKey[int]()
-_CURRENT = pytest.StashKey[pytest.Item]()
-_CALL_ERROR = pytest.StashKey[BaseException | None]()
+_CURRENT = pytest.StashKey["_TestRun"]()
 _LEASED = pytest.StashKey[Settings]()
+_GUARD = pytest.StashKey[LoopGuard]()
+_COLLECTOR = pytest.StashKey[_summary.Collector]()
 _SECTION = "event loop blocked (pytest-loopguard)"
 
 
@@ -72,9 +71,17 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", _settings.ALLOW_MARKER)
     config.addinivalue_line("markers", _settings.LAZY_MARKER)
     settings = config.stash[SETTINGS_KEY] = _settings.resolve(config)
-    config.pluginmanager.register(_summary.Collector(config, settings), "loopguard-summary")
+    collector = config.stash[_COLLECTOR] = _summary.Collector(config, settings)
+    config.pluginmanager.register(collector, "loopguard-summary")
+    if _summary.distributed(config):
+        config.pluginmanager.register(_summary.Relay(collector), "loopguard-relay")
     ENGINE.acquire(strict=settings.strict, hang=settings.timeout is not None)
     config.stash[_LEASED] = settings
+    # One guard for the session, resumed for each test and paused after it.
+    config.stash[_GUARD] = LoopGuard(
+        settings.threshold, debug=settings.debug, timeout=settings.timeout, strict=settings.strict
+    )
+    config.pluginmanager.register(_PhaseEnds(), "loopguard-phase-ends")
 
 
 @pytest.hookimpl(tryfirst=True)
@@ -83,6 +90,7 @@ def pytest_unconfigure(config: pytest.Config) -> None:
     settings = config.stash.get(_LEASED, None)
     if settings is not None:
         del config.stash[_LEASED]
+        config.stash[_GUARD].pause()
         ENGINE.release(strict=settings.strict, hang=settings.timeout is not None)
 
 
@@ -118,57 +126,89 @@ def _item_settings(item: pytest.Item) -> Settings:
     return item.stash[_ITEM_SETTINGS]
 
 
-@pytest.hookimpl(wrapper=True)
-def pytest_runtest_protocol(item: pytest.Item) -> Generator[None, object, object]:
-    """Watch the loops of one test, from its first fixture to its last teardown."""
-    s = _item_settings(item)
-    guard = LoopGuard(s.threshold, debug=s.debug, timeout=s.timeout, strict=s.strict)
-    item.stash[_GUARD] = guard
-    item.stash[_VERDICTS] = {}
-    item.config.stash[_CURRENT] = item
-    with guard:
-        try:
-            return (yield)
-        finally:
-            del item.config.stash[_CURRENT]
-            del item.stash[_GUARD]
+class _TestRun:
+    """One test's view of the session's guard, and what has been decided about it so far."""
+
+    __slots__ = ("item", "settings", "guard", "verdicts", "judged", "mark", "call_error")
+
+    def __init__(self, item: pytest.Item, settings: Settings, guard: LoopGuard) -> None:
+        self.item, self.settings, self.guard = item, settings, guard
+        self.verdicts: dict[str, Verdict] = {}
+        self.judged = 0  # how many of the guard's events earlier verdicts have seen
+        self.mark: int | None = None  # events before teardown: the rest get fixture names
+        self.call_error: BaseException | None = None
 
 
-def _guard(item: pytest.Item) -> LoopGuard | None:
-    return item.stash.get(_GUARD, None)
+# Every hook below is a plain one except the report's: a wrapper costs a test several times
+# what a plain hook does, and these run for every test of every suite (bench/overhead.py).
 
 
-def _judge(item: pytest.Item, phase: str) -> Verdict:
-    """Judge the phase once; everything after reads the verdict kept on the item."""
-    guard = _guard(item)
-    if guard is None:
-        return NOTHING
-    guard.close_ongoing()
-    events = [e for e in guard.events if e.phase == phase]
-    verdict = item.stash[_VERDICTS][phase] = judge(events, _item_settings(item))
-    return verdict
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    """Hand the session's guard to this test: what blocks from now on is its."""
+    guard = item.config.stash[_GUARD]
+    run = item.stash[_RUN] = item.config.stash[_CURRENT] = _TestRun(
+        item, _item_settings(item), guard
+    )
+    guard.resume(run.settings.threshold)
+    guard.set_context("setup")
 
 
-def _verdict(item: pytest.Item, phase: str) -> Verdict:
-    return item.stash.get(_VERDICTS, {}).get(phase, NOTHING)
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_teardown(item: pytest.Item) -> None:
+    """Blocks from now on happen in teardown; the ones after ``mark`` get fixture names."""
+    run = item.stash.get(_RUN, None)
+    if run is not None:
+        run.guard.set_context("teardown")
+        run.mark = run.guard.recorded
 
 
-def _run_phase(item: pytest.Item, phase: str) -> Generator[None, object, object]:
-    # Record during the phase, fail after it: raising inside user code could be swallowed.
-    guard = _guard(item)
-    if guard is not None:
-        guard.set_context(phase)
-    try:
-        result = yield
-    except BaseException:
-        _judge(item, phase)  # the phase's own error stays the failure; blocks go beside it
-        raise
-    verdict = _judge(item, phase)
+class _PhaseEnds:
+    """Record during a phase, fail right after it, as pytest's own unraisable-exception plugin
+    does: ``trylast`` runs once the phase's work is done, and only when it did not fail."""
+
+    @pytest.hookimpl(trylast=True)
+    def pytest_runtest_setup(self, item: pytest.Item) -> None:
+        """Fail the setup (an error naming the fixture) when a fixture blocked the loop."""
+        _end_phase(item, "setup", "call")
+
+    @pytest.hookimpl(trylast=True)
+    def pytest_runtest_call(self, item: pytest.Item) -> None:
+        """Fail the test when its body blocked the loop."""
+        _end_phase(item, "call", None)
+
+    @pytest.hookimpl(trylast=True)
+    def pytest_runtest_teardown(self, item: pytest.Item) -> None:
+        """Fail the teardown (an error naming the fixture) when a finalizer blocked the loop."""
+        _end_phase(item, "teardown", None)
+
+
+def _end_phase(item: pytest.Item, phase: str, after: str | None) -> None:
+    run = item.stash.get(_RUN, None)
+    if run is None:
+        return
+    verdict = _judge(run, phase)
+    if after is not None:
+        run.guard.set_context(after)
     if verdict.warned:
         _warn(item, verdict.warned)
     if verdict.failing:
         raise _report.blocked_error(verdict.failing, _root(item.config))
-    return result
+
+
+def _judge(run: _TestRun, phase: str) -> Verdict:
+    """Judge the phase once; everything after reads the verdict kept on the test."""
+    guard = run.guard
+    if guard.quiet(run.judged):
+        return NOTHING  # nothing new since the last verdict: the common case, kept cheap
+    guard.close_ongoing()
+    events = guard.events
+    run.judged = len(events)
+    mine = [e for e in events if e.phase == phase]
+    if not mine:
+        return NOTHING
+    verdict = run.verdicts[phase] = judge(mine, run.settings)
+    return verdict
 
 
 def _warn(item: pytest.Item, events: tuple[BlockEvent, ...]) -> None:
@@ -177,61 +217,25 @@ def _warn(item: pytest.Item, events: tuple[BlockEvent, ...]) -> None:
         warnings.warn_explicit(pytest.PytestWarning(text), None, filename, lineno)
 
 
-@pytest.hookimpl(wrapper=True)
-def pytest_runtest_setup(item: pytest.Item) -> Generator[None, object, object]:
-    """Fail the setup (an error naming the fixture) when a fixture blocked the loop."""
-    return (yield from _run_phase(item, "setup"))
-
-
-@pytest.hookimpl(wrapper=True)
-def pytest_runtest_call(item: pytest.Item) -> Generator[None, object, object]:
-    """Fail the test when its body blocked the loop."""
-    return (yield from _run_phase(item, "call"))
-
-
-@pytest.hookimpl(wrapper=True)
-def pytest_runtest_teardown(item: pytest.Item) -> Generator[None, object, object]:
-    """Fail the teardown (an error naming the fixture) when a finalizer blocked the loop."""
-    guard = _guard(item)
-    item.stash[_TEARDOWN_MARK] = len(guard.events) if guard else 0
-    return (yield from _run_phase(item, "teardown"))
-
-
-def _current_guard(config: pytest.Config) -> tuple[pytest.Item, LoopGuard] | None:
-    item = config.stash.get(_CURRENT, None)
-    guard = None if item is None else _guard(item)
-    return None if item is None or guard is None else (item, guard)
-
-
-@pytest.hookimpl(wrapper=True)
+@pytest.hookimpl(tryfirst=True)
 def pytest_fixture_setup(
     fixturedef: pytest.FixtureDef[object], request: pytest.FixtureRequest
-) -> Generator[None, object, object]:
-    """Name the fixture whose setup is running, so a block in it is reported against it."""
-    current = _current_guard(request.config)
-    if current is None:
-        return (yield)
-    _, guard = current
-    phase, fixture = guard.context
-    guard.set_context(phase or "setup", fixturedef.argname)
-    try:
-        return (yield)
-    finally:
-        guard.set_context(phase, fixture)
+) -> None:
+    """Name the fixture whose setup runs now, so a block in it is reported against it."""
+    run = request.config.stash.get(_CURRENT, None)
+    # In setup only: a fixture the test body asks for by name is part of its call.
+    if run is not None and run.guard.phase == "setup":
+        run.guard.set_context("setup", fixturedef.argname)
 
 
 def pytest_fixture_post_finalizer(
     fixturedef: pytest.FixtureDef[object], request: pytest.FixtureRequest
 ) -> None:
     """Name the fixture whose finalizers just ran for the teardown blocks they caused."""
-    current = _current_guard(request.config)
-    if current is None:
-        return
-    item, guard = current
-    since = item.stash.get(_TEARDOWN_MARK, None)
-    if since is not None:
-        guard.name_fixture(since, fixturedef.argname)
-        item.stash[_TEARDOWN_MARK] = len(guard.events)
+    run = request.config.stash.get(_CURRENT, None)
+    if run is not None and run.mark is not None and not run.guard.quiet(run.mark):
+        run.guard.name_fixture(run.mark, fixturedef.argname)
+        run.mark = run.guard.recorded
 
 
 @pytest.hookimpl(wrapper=True)
@@ -240,13 +244,38 @@ def pytest_runtest_makereport(
 ) -> Generator[None, pytest.TestReport, pytest.TestReport]:
     """Show our message as the failure, or next to the test's own failure — never instead of it."""
     report = yield
+    run = item.stash.get(_RUN, None)
+    if run is None:
+        return report
     error = call.excinfo.value if call.excinfo is not None else None
     if call.when == "call":
-        item.stash[_CALL_ERROR] = error
-    verdict, root = _verdict(item, call.when), _root(item.config)
+        run.call_error = error
+    elif call.when == "teardown":
+        _finish(item, run)
+    if error is None and call.when not in run.verdicts:
+        return report  # nothing blocked and nothing failed: the common case, kept cheap
+    if error is not None:
+        _judge(run, call.when)  # the phase failed on its own: its blocks go beside that
+    _decorate(item, run, report, error)
+    return report
+
+
+def _finish(item: pytest.Item, run: _TestRun) -> None:
+    run.guard.pause()
+    if item.config.stash.get(_CURRENT, None) is run:
+        del item.config.stash[_CURRENT]
+    del item.stash[_RUN]
+
+
+def _decorate(
+    item: pytest.Item, run: _TestRun, report: pytest.TestReport, error: BaseException | None
+) -> None:
+    verdict, root = run.verdicts.get(report.when, NOTHING), _root(item.config)
     if verdict.events:
         # Plain data on the report: it reaches the summary and the JSON report, from xdist too.
-        report.loopguard_blocks = _summary.as_dicts(verdict, item.nodeid, root)  # type: ignore[attr-defined]
+        blocks = _summary.as_dicts(verdict, item.nodeid, root)
+        report.loopguard_blocks = blocks  # type: ignore[attr-defined]
+        item.config.stash[_COLLECTOR].add(blocks)
     hint = _hints.for_error(error) if report.failed and error is not None else None
     if hint is not None:
         report.sections.append(("hint (pytest-loopguard)", hint))
@@ -255,10 +284,9 @@ def pytest_runtest_makereport(
     if isinstance(error, LoopguardError):
         report.longrepr = _report.failure_repr(error, root)  # type: ignore[assignment]
         if isinstance(error, LoopBlockedError):
-            return report
+            return
     if verdict.failing and report.failed:
         report.sections.append((_SECTION, _report.render(verdict.failing, root)))
-    return report
 
 
 class LoopguardFixture:
@@ -285,10 +313,10 @@ class LoopguardFixture:
 @pytest.fixture(name="loopguard")
 def loopguard_fixture(request: pytest.FixtureRequest) -> LoopguardFixture:
     """The running test's loop guard: ``.threshold``, ``.events``, ``with loopguard.allow():``."""
-    guard = _guard(request.node) if isinstance(request.node, pytest.Item) else None
-    if guard is None:
+    run = request.node.stash.get(_RUN, None) if isinstance(request.node, pytest.Item) else None
+    if run is None:
         raise RuntimeError("the loopguard fixture is only available inside a running test")
-    return LoopguardFixture(guard)
+    return LoopguardFixture(run.guard)
 
 
 def _guards() -> Any:
@@ -305,7 +333,8 @@ def _guards() -> Any:
 
 def _swallowed(item: pytest.Item, errors: list[BaseException]) -> bool:
     """Whether none of ``errors`` reached pytest as the test's own failure."""
-    seen = set(map(id, _hints.chain(item.stash.get(_CALL_ERROR, None))))
+    run = item.stash.get(_RUN, None)
+    seen = set(map(id, _hints.chain(None if run is None else run.call_error)))
     return not any(id(error) in seen for error in errors)
 
 
