@@ -13,7 +13,6 @@ from __future__ import annotations
 from ._events import BlockEvent, Hint, LoopBlockedError, LoopguardError, LoopHangError
 from ._frames import FrameInfo
 from ._guard import LoopGuard
-from ._report import render
 
 __version__ = "0.1.0.dev0"
 
@@ -27,6 +26,10 @@ def __getattr__(name: str) -> object:
         from . import sqlalchemy
 
         return getattr(sqlalchemy, name)
+    if name == "render":  # the text layer, imported when first needed
+        from ._report import render
+
+        return render
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 

@@ -17,16 +17,19 @@ import threading
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from . import _clocks, _strict
-from ._backend import LoopRun
-from ._block import Block, Label, for_label
+from . import _clocks
 from ._frames import FrameFilter
-from ._hang import HangInterrupt
 from ._loops import LoopThread, Registry
 from ._watchdog import Watchdog
 
 if TYPE_CHECKING:
+    from ._backend import LoopRun
+    from ._block import Block, Label
     from ._guard import LoopGuard
+    from ._hang import HangInterrupt
+
+# Imported on first use, not with the plugin: a sync suite never opens a block, and strict mode
+# and the hang guard are off unless asked for (every module imported is start-up time).
 
 _DEFAULT_THRESHOLD = 0.1
 
@@ -55,7 +58,7 @@ class Engine:
         self._debug: float | None = None  # a guard wants asyncio debug mode, at this threshold
         self.filter = FrameFilter()
         self.gc = _clocks.GcLog()
-        self.hang = HangInterrupt()
+        self._hang: HangInterrupt | None = None
         self.registry = Registry(self)
         self.watchdog = Watchdog(self)
         self.ended: list[_Ended] = []
@@ -69,7 +72,9 @@ class Engine:
                 self._install()
             self._leases += 1
             if strict:
-                _strict.HUB.acquire()
+                from ._strict import HUB
+
+                HUB.acquire()
             if hang:
                 self.hang.acquire()
 
@@ -78,7 +83,9 @@ class Engine:
             if hang:
                 self.hang.release()
             if strict:
-                _strict.HUB.release()
+                from ._strict import HUB
+
+                HUB.release()
             self._leases -= 1
             if self._leases == 0:
                 self._uninstall()
@@ -86,6 +93,14 @@ class Engine:
     @property
     def installed(self) -> bool:
         return self._leases > 0
+
+    @property
+    def hang(self) -> HangInterrupt:
+        if self._hang is None:
+            from ._hang import HangInterrupt
+
+            self._hang = HangInterrupt()
+        return self._hang
 
     def leftovers(self) -> list[str]:
         """What of the machinery is still in place (for leak checks: empty once released)."""
@@ -95,9 +110,10 @@ class Engine:
             left.append("the watchdog thread")
         if self.gc.on_gc in gc.callbacks:
             left.append("the gc callback")
-        if _strict.HUB.patched or _strict.HUB.recorders:
+        strict = sys.modules.get(f"{__package__}._strict")
+        if strict is not None and (strict.HUB.patched or strict.HUB.recorders):
             left.append("strict mode's wrappers or recorders")
-        if self.hang.installed:
+        if self._hang is not None and self._hang.installed:
             left.append("the hang signal handler")
         return left
 
@@ -182,6 +198,8 @@ class Engine:
         for thread in self.registry.running():
             run = thread.run
             if thread.ident == here and thread.block is not None:
+                from ._block import Label
+
                 thread.block.labels.append(Label(guard, guard.phase, guard.fixture))
             elif thread.ident != here and thread.block is None and run is not None:
                 frames = frames if frames is not None else sys._current_frames()
@@ -282,6 +300,8 @@ class Engine:
 
     def open(self, thread: LoopThread, run: LoopRun, unit: object, now: float) -> Block:
         """Open a block for ``unit``, first seen running on ``thread`` at ``now``."""
+        from ._block import Block, Label
+
         # CPU time is counted from the previous look: a block first seen when it is nearly
         # over (C code kept the watchdog waiting for the GIL) still gets a meaningful share.
         since = max(thread.last_poll, thread.beat_ran)
@@ -335,6 +355,8 @@ class Engine:
     def flush(self) -> None:
         """Make the ended blocks events. They leave ``_ended`` only once recorded: ``busy`` is
         read without the lock, and resolving source lines lets other threads run meanwhile."""
+        from ._block import for_label
+
         ended = list(self.ended)
         for item in ended:
             event = item.block.event(item.end, item.queued, item.thread)

@@ -13,11 +13,14 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import replace
 from types import FrameType, TracebackType
+from typing import TYPE_CHECKING, Any
 
-from . import _strict
 from ._engine import ENGINE
-from ._events import BlockEvent
-from ._frames import Stack
+
+if TYPE_CHECKING:
+    from ._events import BlockEvent
+    from ._frames import Stack
+    from ._strict import CallLog
 
 
 class LoopGuard:
@@ -45,7 +48,7 @@ class LoopGuard:
         self.debug = debug
         self.phase: str | None = None
         self.fixture: str | None = None
-        self.calls = _strict.CallLog(self, ENGINE.filter, ENGINE.lock) if strict else None
+        self.calls: CallLog | None = _call_log(self) if strict else None
         self._events: list[BlockEvent] = []
         self._allow_depth: dict[int, int] = {}
         self._active = False
@@ -173,8 +176,8 @@ class LoopGuard:
         self._events, self._allow_depth = [], {}
         self.phase = self.fixture = None
         if self.calls is not None:
-            self.calls = _strict.CallLog(self, ENGINE.filter, ENGINE.lock)
-            _strict.HUB.add(self.calls.record)
+            self.calls = _call_log(self)
+            _hub().add(self.calls.record)
         ENGINE.subscribe(self)
         self._active = True
 
@@ -183,9 +186,21 @@ class LoopGuard:
         if not self._active:
             return
         if self.calls is not None:
-            _strict.HUB.remove(self.calls.record)
+            _hub().remove(self.calls.record)
         ENGINE.unsubscribe(self)
         self._active = False
+
+
+def _call_log(guard: LoopGuard) -> CallLog:
+    from ._strict import CallLog  # strict mode's module, only for strict guards
+
+    return CallLog(guard, ENGINE.filter, ENGINE.lock)
+
+
+def _hub() -> Any:
+    from ._strict import HUB
+
+    return HUB
 
 
 def _checked(threshold: float, timeout: float | None) -> float:

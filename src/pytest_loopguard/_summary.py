@@ -13,7 +13,6 @@ import pytest
 
 from ._events import BlockEvent
 from ._frames import FrameInfo
-from ._report import relative, summary_lines
 from ._settings import Settings
 from ._verdict import Verdict
 
@@ -23,6 +22,8 @@ Block = dict[str, object]
 
 
 def _frame(frame: FrameInfo, root: Path) -> Block:
+    from ._report import relative
+
     file = relative(frame.filename, root)
     return {"file": file, "line": frame.lineno, "function": frame.function, "source": frame.line}
 
@@ -68,6 +69,8 @@ class Collector:
         """After the run: how many blocks in how many tests, and the worst ten."""
         if not self.blocks or self.config.get_verbosity() < -1:
             return  # like pytest's own sections: shown with -q, not with -qq
+        from ._report import summary_lines
+
         counted = [b for b in self.blocks if not b["allowed"]]
         terminalreporter.write_sep("=", "pytest-loopguard: event loop blocks")
         for line in summary_lines(counted, len(self.blocks) - len(counted)):

@@ -16,13 +16,13 @@ from types import FrameType
 from typing import TYPE_CHECKING
 
 from . import _clocks
-from ._backend import LoopRun
-from ._block import Block, for_label
 from ._frames import describe
-from ._loops import LoopThread
 
 if TYPE_CHECKING:
+    from ._backend import LoopRun
+    from ._block import Block
     from ._engine import Engine
+    from ._loops import LoopThread
 
 
 class Watchdog:
@@ -156,6 +156,8 @@ class Watchdog:
         self, thread: LoopThread, run: LoopRun, block: Block, top: FrameType | None, now: float
     ) -> None:
         """A hang: record it with the whole stack now, then break the loop thread out of it."""
+        from ._block import for_label
+
         block.hung = True
         full = tuple(describe(f, n) for f, n in run.stack(top))
         event = block.event(now, 0.0, thread.name)

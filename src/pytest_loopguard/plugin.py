@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from . import _hints, _report, _settings, _summary
+from . import _settings, _summary
 from ._engine import ENGINE
 from ._events import BlockEvent, LoopBlockedError, LoopguardError, LoopHangError
 from ._guard import LoopGuard
@@ -96,6 +96,8 @@ def pytest_unconfigure(config: pytest.Config) -> None:
 
 def pytest_report_header(config: pytest.Config) -> str:
     """Say in one line what the plugin will do, so a CI log shows it."""
+    from . import _report  # the text layer: imported when needed
+
     s = config.stash[SETTINGS_KEY]
     return _report.header(s.threshold, s.threshold_source, s.debug, s.timeout, s.strict)
 
@@ -129,7 +131,7 @@ def _item_settings(item: pytest.Item) -> Settings:
 class _TestRun:
     """One test's view of the session's guard, and what has been decided about it so far."""
 
-    __slots__ = ("item", "settings", "guard", "verdicts", "judged", "mark", "call_error")
+    __slots__ = ("call_error", "guard", "item", "judged", "mark", "settings", "verdicts")
 
     def __init__(self, item: pytest.Item, settings: Settings, guard: LoopGuard) -> None:
         self.item, self.settings, self.guard = item, settings, guard
@@ -152,15 +154,6 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
     )
     guard.resume(run.settings.threshold)
     guard.set_context("setup")
-
-
-@pytest.hookimpl(tryfirst=True)
-def pytest_runtest_teardown(item: pytest.Item) -> None:
-    """Blocks from now on happen in teardown; the ones after ``mark`` get fixture names."""
-    run = item.stash.get(_RUN, None)
-    if run is not None:
-        run.guard.set_context("teardown")
-        run.mark = run.guard.recorded
 
 
 class _PhaseEnds:
@@ -193,6 +186,8 @@ def _end_phase(item: pytest.Item, phase: str, after: str | None) -> None:
     if verdict.warned:
         _warn(item, verdict.warned)
     if verdict.failing:
+        from . import _report  # the text layer: imported when there is something to say
+
         raise _report.blocked_error(verdict.failing, _root(item.config))
 
 
@@ -212,6 +207,8 @@ def _judge(run: _TestRun, phase: str) -> Verdict:
 
 
 def _warn(item: pytest.Item, events: tuple[BlockEvent, ...]) -> None:
+    from . import _report  # the text layer: imported when needed
+
     for event in _report.worst_first(events):
         text, filename, lineno = _report.warning_text(event, _root(item.config), item.nodeid)
         warnings.warn_explicit(pytest.PytestWarning(text), None, filename, lineno)
@@ -250,6 +247,8 @@ def pytest_runtest_makereport(
     error = call.excinfo.value if call.excinfo is not None else None
     if call.when == "call":
         run.call_error = error
+    if call.when == "call" or (call.when == "setup" and not report.passed):
+        _start_teardown(run)
     elif call.when == "teardown":
         _finish(item, run)
     if error is None and call.when not in run.verdicts:
@@ -258,6 +257,12 @@ def pytest_runtest_makereport(
         _judge(run, call.when)  # the phase failed on its own: its blocks go beside that
     _decorate(item, run, report, error)
     return report
+
+
+def _start_teardown(run: _TestRun) -> None:
+    # Blocks from now on happen in teardown; the ones after ``mark`` get fixture names.
+    run.guard.set_context("teardown")
+    run.mark = run.guard.recorded
 
 
 def _finish(item: pytest.Item, run: _TestRun) -> None:
@@ -270,13 +275,15 @@ def _finish(item: pytest.Item, run: _TestRun) -> None:
 def _decorate(
     item: pytest.Item, run: _TestRun, report: pytest.TestReport, error: BaseException | None
 ) -> None:
+    from . import _report  # the text layer: imported when needed
+
     verdict, root = run.verdicts.get(report.when, NOTHING), _root(item.config)
     if verdict.events:
         # Plain data on the report: it reaches the summary and the JSON report, from xdist too.
         blocks = _summary.as_dicts(verdict, item.nodeid, root)
         report.loopguard_blocks = blocks  # type: ignore[attr-defined]
         item.config.stash[_COLLECTOR].add(blocks)
-    hint = _hints.for_error(error) if report.failed and error is not None else None
+    hint = _known_error_hint(error) if report.failed and error is not None else None
     if hint is not None:
         report.sections.append(("hint (pytest-loopguard)", hint))
     if isinstance(error, LoopHangError):
@@ -287,6 +294,18 @@ def _decorate(
             return
     if verdict.failing and report.failed:
         report.sections.append((_SECTION, _report.render(verdict.failing, root)))
+
+
+def _known_error_hint(error: BaseException) -> str | None:
+    from ._hints import for_error
+
+    return for_error(error)
+
+
+def _error_chain(error: BaseException | None) -> list[BaseException]:
+    from ._hints import chain
+
+    return chain(error)
 
 
 class LoopguardFixture:
@@ -334,7 +353,7 @@ def _guards() -> Any:
 def _swallowed(item: pytest.Item, errors: list[BaseException]) -> bool:
     """Whether none of ``errors`` reached pytest as the test's own failure."""
     run = item.stash.get(_RUN, None)
-    seen = set(map(id, _hints.chain(None if run is None else run.call_error)))
+    seen = set(map(id, _error_chain(None if run is None else run.call_error)))
     return not any(id(error) in seen for error in errors)
 
 
