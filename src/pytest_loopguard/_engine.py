@@ -283,7 +283,7 @@ class Engine:
         if thread.block is not None:
             with self.lock:
                 self.close(thread, _clocks.now())
-        if len(thread.runs) == 1:
+        if thread.restore_debug and len(thread.runs) == 1:
             while thread.restore_debug:
                 thread.restore_debug.pop()()
 

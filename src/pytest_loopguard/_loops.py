@@ -165,11 +165,20 @@ class Registry:
 
     def _hook(self, events: ModuleType) -> Callable[[Any], None]:
         original = events._set_running_loop
-        announce = self.announce
+        threads, get_ident, announce = self.threads, threading.get_ident, self.announce
 
         def _set_running_loop(loop: Any) -> None:
             original(loop)
-            announce(loop)
+            # Twice every loop run (pytest-asyncio makes a few a test): the common case, one
+            # loop starting or stopping on a thread, is decided here without another call.
+            thread = threads.get(get_ident())
+            runs = thread.runs if thread is not None else None
+            if loop is None and runs and len(runs) == 1:
+                self._pop(thread)  # type: ignore[arg-type]
+            elif loop is not None and not runs:
+                self._push(thread, AsyncioRun(loop))
+            elif loop is None or runs[-1].loop is not loop:  # type: ignore[index]
+                announce(loop)
 
         _set_running_loop.__wrapped__ = original  # type: ignore[attr-defined]
         return _set_running_loop
@@ -201,10 +210,7 @@ class Registry:
     # -- on the loop's thread -------------------------------------------------------------
 
     def announce(self, loop: Any) -> None:
-        """``_set_running_loop(loop)``: this thread now runs ``loop``, or none (None).
-
-        Called twice for every loop run (pytest-asyncio makes a few a test): the common case,
-        one loop starting or stopping on a thread, takes the fewest steps."""
+        """``_set_running_loop(loop)``: this thread now runs ``loop``, or none (None)."""
         thread = self.threads.get(threading.get_ident())
         runs = thread.runs if thread is not None else None
         if loop is None:
@@ -265,9 +271,10 @@ class Registry:
         self.listener.loop_stopping(thread, run)
         thread.runs.pop()
         run.close()
-        if not thread.runs:
-            self.active -= 1
-        if not thread.runs and not thread.main:
+        if thread.runs:
+            return
+        self.active -= 1
+        if not thread.main:
             self.listener.thread_done(thread)
             self.threads.pop(thread.ident, None)  # a worker thread's record goes with its loop
 

@@ -22,12 +22,8 @@ from ._guard import LoopGuard
 from ._settings import SETTINGS_KEY, Settings
 from ._verdict import NOTHING, Verdict, judge
 
-_RUN = pytest.StashKey["_TestRun"]()
 _ITEM_SETTINGS = pytest.StashKey[Settings]()
-_CURRENT = pytest.StashKey["_TestRun"]()
-_LEASED = pytest.StashKey[Settings]()
-_GUARD = pytest.StashKey[LoopGuard]()
-_COLLECTOR = pytest.StashKey[_summary.Collector]()
+_WATCH = pytest.StashKey["_Watch"]()
 _SECTION = "event loop blocked (pytest-loopguard)"
 
 
@@ -71,26 +67,24 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", _settings.ALLOW_MARKER)
     config.addinivalue_line("markers", _settings.LAZY_MARKER)
     settings = config.stash[SETTINGS_KEY] = _settings.resolve(config)
-    collector = config.stash[_COLLECTOR] = _summary.Collector(config, settings)
+    collector = _summary.Collector(config, settings)
     config.pluginmanager.register(collector, "loopguard-summary")
     if _summary.distributed(config):
         config.pluginmanager.register(_summary.Relay(collector), "loopguard-relay")
     ENGINE.acquire(strict=settings.strict, hang=settings.timeout is not None)
-    config.stash[_LEASED] = settings
-    # One guard for the session, resumed for each test and paused after it.
-    config.stash[_GUARD] = LoopGuard(
-        settings.threshold, debug=settings.debug, timeout=settings.timeout, strict=settings.strict
-    )
-    config.pluginmanager.register(_PhaseEnds(), "loopguard-phase-ends")
+    watch = config.stash[_WATCH] = _Watch(config, settings, collector)
+    config.pluginmanager.register(watch, "loopguard-watch")
+    config.pluginmanager.register(_PhaseEnds(watch), "loopguard-phase-ends")
 
 
 @pytest.hookimpl(tryfirst=True)
 def pytest_unconfigure(config: pytest.Config) -> None:
     """Take the machinery down first, so nothing of it is left for later hooks to see."""
-    settings = config.stash.get(_LEASED, None)
-    if settings is not None:
-        del config.stash[_LEASED]
-        config.stash[_GUARD].pause()
+    watch = config.stash.get(_WATCH, None)
+    if watch is not None:
+        del config.stash[_WATCH]
+        watch.guard.pause()
+        settings = watch.settings
         ENGINE.release(strict=settings.strict, hang=settings.timeout is not None)
 
 
@@ -122,12 +116,6 @@ def _root(config: pytest.Config) -> Path:
     return config.invocation_params.dir
 
 
-def _item_settings(item: pytest.Item) -> Settings:
-    if _ITEM_SETTINGS not in item.stash:
-        item.stash[_ITEM_SETTINGS] = _settings.for_item(item, item.config.stash[SETTINGS_KEY])
-    return item.stash[_ITEM_SETTINGS]
-
-
 class _TestRun:
     """One test's view of the session's guard, and what has been decided about it so far."""
 
@@ -141,159 +129,160 @@ class _TestRun:
         self.call_error: BaseException | None = None
 
 
-# Every hook below is a plain one except the report's: a wrapper costs a test several times
-# what a plain hook does, and these run for every test of every suite (bench/overhead.py).
+class _Watch:
+    """The per-test hooks, on an object that holds the session's guard and the running test.
 
+    Every hook here is a plain one but the report's: a wrapper costs a test several times what
+    a plain hook does, and these run for every test of every suite (see bench/overhead.py).
+    """
 
-@pytest.hookimpl(tryfirst=True)
-def pytest_runtest_setup(item: pytest.Item) -> None:
-    """Hand the session's guard to this test: what blocks from now on is its."""
-    guard = item.config.stash[_GUARD]
-    run = item.stash[_RUN] = item.config.stash[_CURRENT] = _TestRun(
-        item, _item_settings(item), guard
-    )
-    guard.resume(run.settings.threshold)
-    guard.set_context("setup")
+    def __init__(
+        self, config: pytest.Config, settings: Settings, collector: _summary.Collector
+    ) -> None:
+        self.config, self.settings, self.collector = config, settings, collector
+        self.root = _root(config)
+        # One guard for the session, resumed for each test and paused after it.
+        s = settings
+        self.guard = LoopGuard(s.threshold, debug=s.debug, timeout=s.timeout, strict=s.strict)
+        self.current: _TestRun | None = None
+
+    @pytest.hookimpl(tryfirst=True)
+    def pytest_runtest_setup(self, item: pytest.Item) -> None:
+        """Hand the session's guard to this test: what blocks from now on is its."""
+        settings = item.stash.get(_ITEM_SETTINGS, None)
+        if settings is None:  # an item collected without our collection hook
+            settings = item.stash[_ITEM_SETTINGS] = _settings.for_item(item, self.settings)
+        self.current = _TestRun(item, settings, self.guard)
+        self.guard.resume(settings.threshold)
+        self.guard.set_context("setup")
+
+    @pytest.hookimpl(tryfirst=True)
+    def pytest_fixture_setup(self, fixturedef: pytest.FixtureDef[object]) -> None:
+        """Name the fixture whose setup runs now, so a block in it is reported against it."""
+        # In setup only: a fixture the test body asks for by name is part of its call.
+        if self.current is not None and self.guard.phase == "setup":
+            self.guard.set_context("setup", fixturedef.argname)
+
+    def pytest_fixture_post_finalizer(self, fixturedef: pytest.FixtureDef[object]) -> None:
+        """Name the fixture whose finalizers just ran for the teardown blocks they caused."""
+        run = self.current
+        if run is not None and run.mark is not None and not self.guard.quiet(run.mark):
+            self.guard.name_fixture(run.mark, fixturedef.argname)
+            run.mark = self.guard.recorded
+
+    @pytest.hookimpl(wrapper=True)
+    def pytest_runtest_makereport(
+        self, item: pytest.Item, call: pytest.CallInfo[None]
+    ) -> Generator[None, pytest.TestReport, pytest.TestReport]:
+        """Show our message as the failure, or beside the test's own failure, never instead."""
+        report = yield
+        run = self.current
+        if run is None or run.item is not item:
+            return report
+        when, error = call.when, call.excinfo.value if call.excinfo is not None else None
+        if when == "call":
+            run.call_error = error
+        if when == "call" or (when == "setup" and not report.passed):
+            self._start_teardown(run)
+        elif when == "teardown":
+            self._finish()
+        if error is None and when not in run.verdicts:
+            return report  # nothing blocked and nothing failed: the common case, kept cheap
+        if error is not None:
+            self.judge(run, when)  # the phase failed on its own: its blocks go beside that
+        self._decorate(run, report, error)
+        return report
+
+    def _start_teardown(self, run: _TestRun) -> None:
+        # Blocks from now on happen in teardown; the ones after ``mark`` get fixture names.
+        self.guard.set_context("teardown")
+        run.mark = self.guard.recorded
+
+    def _finish(self) -> None:
+        self.guard.pause()
+        self.current = None
+
+    def judge(self, run: _TestRun, phase: str) -> Verdict:
+        """Judge the phase once; everything after reads the verdict kept on the test."""
+        guard = self.guard
+        if guard.quiet(run.judged):
+            return NOTHING  # nothing new since the last verdict: the common case, kept cheap
+        guard.close_ongoing()
+        events = guard.events
+        run.judged = len(events)
+        mine = [e for e in events if e.phase == phase]
+        if not mine:
+            return NOTHING
+        verdict = run.verdicts[phase] = judge(mine, run.settings)
+        return verdict
+
+    def end_phase(self, item: pytest.Item, phase: str) -> None:
+        """The phase's work is done and did not fail: fail it (or warn) if it blocked."""
+        run = self.current
+        if run is None or run.item is not item:
+            return
+        verdict = self.judge(run, phase)
+        if phase == "setup":
+            self.guard.set_context("call")
+        if verdict.warned:
+            self._warn(item, verdict.warned)
+        if verdict.failing:
+            from . import _report  # the text layer: imported when there is something to say
+
+            raise _report.blocked_error(verdict.failing, self.root)
+
+    def _warn(self, item: pytest.Item, events: tuple[BlockEvent, ...]) -> None:
+        from . import _report
+
+        for event in _report.worst_first(events):
+            text, filename, lineno = _report.warning_text(event, self.root, item.nodeid)
+            warnings.warn_explicit(pytest.PytestWarning(text), None, filename, lineno)
+
+    def _decorate(
+        self, run: _TestRun, report: pytest.TestReport, error: BaseException | None
+    ) -> None:
+        from . import _report
+
+        verdict, root = run.verdicts.get(report.when, NOTHING), self.root
+        if verdict.events:
+            # Plain data on the report: it reaches the summary and the JSON report, from xdist.
+            blocks = _summary.as_dicts(verdict, report.nodeid, root)
+            report.loopguard_blocks = blocks  # type: ignore[attr-defined]
+            self.collector.add(blocks)
+        hint = _known_error_hint(error) if report.failed and error is not None else None
+        if hint is not None:
+            report.sections.append(("hint (pytest-loopguard)", hint))
+        if isinstance(error, LoopHangError):
+            error = _report.hang_error(verdict.events, error, root)
+        if isinstance(error, LoopguardError):
+            report.longrepr = _report.failure_repr(error, root)  # type: ignore[assignment]
+            if isinstance(error, LoopBlockedError):
+                return
+        if verdict.failing and report.failed:
+            report.sections.append((_SECTION, _report.render(verdict.failing, root)))
 
 
 class _PhaseEnds:
     """Record during a phase, fail right after it, as pytest's own unraisable-exception plugin
     does: ``trylast`` runs once the phase's work is done, and only when it did not fail."""
 
+    def __init__(self, watch: _Watch) -> None:
+        self._watch = watch
+
     @pytest.hookimpl(trylast=True)
     def pytest_runtest_setup(self, item: pytest.Item) -> None:
         """Fail the setup (an error naming the fixture) when a fixture blocked the loop."""
-        _end_phase(item, "setup", "call")
+        self._watch.end_phase(item, "setup")
 
     @pytest.hookimpl(trylast=True)
     def pytest_runtest_call(self, item: pytest.Item) -> None:
         """Fail the test when its body blocked the loop."""
-        _end_phase(item, "call", None)
+        self._watch.end_phase(item, "call")
 
     @pytest.hookimpl(trylast=True)
     def pytest_runtest_teardown(self, item: pytest.Item) -> None:
         """Fail the teardown (an error naming the fixture) when a finalizer blocked the loop."""
-        _end_phase(item, "teardown", None)
-
-
-def _end_phase(item: pytest.Item, phase: str, after: str | None) -> None:
-    run = item.stash.get(_RUN, None)
-    if run is None:
-        return
-    verdict = _judge(run, phase)
-    if after is not None:
-        run.guard.set_context(after)
-    if verdict.warned:
-        _warn(item, verdict.warned)
-    if verdict.failing:
-        from . import _report  # the text layer: imported when there is something to say
-
-        raise _report.blocked_error(verdict.failing, _root(item.config))
-
-
-def _judge(run: _TestRun, phase: str) -> Verdict:
-    """Judge the phase once; everything after reads the verdict kept on the test."""
-    guard = run.guard
-    if guard.quiet(run.judged):
-        return NOTHING  # nothing new since the last verdict: the common case, kept cheap
-    guard.close_ongoing()
-    events = guard.events
-    run.judged = len(events)
-    mine = [e for e in events if e.phase == phase]
-    if not mine:
-        return NOTHING
-    verdict = run.verdicts[phase] = judge(mine, run.settings)
-    return verdict
-
-
-def _warn(item: pytest.Item, events: tuple[BlockEvent, ...]) -> None:
-    from . import _report  # the text layer: imported when needed
-
-    for event in _report.worst_first(events):
-        text, filename, lineno = _report.warning_text(event, _root(item.config), item.nodeid)
-        warnings.warn_explicit(pytest.PytestWarning(text), None, filename, lineno)
-
-
-@pytest.hookimpl(tryfirst=True)
-def pytest_fixture_setup(
-    fixturedef: pytest.FixtureDef[object], request: pytest.FixtureRequest
-) -> None:
-    """Name the fixture whose setup runs now, so a block in it is reported against it."""
-    run = request.config.stash.get(_CURRENT, None)
-    # In setup only: a fixture the test body asks for by name is part of its call.
-    if run is not None and run.guard.phase == "setup":
-        run.guard.set_context("setup", fixturedef.argname)
-
-
-def pytest_fixture_post_finalizer(
-    fixturedef: pytest.FixtureDef[object], request: pytest.FixtureRequest
-) -> None:
-    """Name the fixture whose finalizers just ran for the teardown blocks they caused."""
-    run = request.config.stash.get(_CURRENT, None)
-    if run is not None and run.mark is not None and not run.guard.quiet(run.mark):
-        run.guard.name_fixture(run.mark, fixturedef.argname)
-        run.mark = run.guard.recorded
-
-
-@pytest.hookimpl(wrapper=True)
-def pytest_runtest_makereport(
-    item: pytest.Item, call: pytest.CallInfo[None]
-) -> Generator[None, pytest.TestReport, pytest.TestReport]:
-    """Show our message as the failure, or next to the test's own failure — never instead of it."""
-    report = yield
-    run = item.stash.get(_RUN, None)
-    if run is None:
-        return report
-    error = call.excinfo.value if call.excinfo is not None else None
-    if call.when == "call":
-        run.call_error = error
-    if call.when == "call" or (call.when == "setup" and not report.passed):
-        _start_teardown(run)
-    elif call.when == "teardown":
-        _finish(item, run)
-    if error is None and call.when not in run.verdicts:
-        return report  # nothing blocked and nothing failed: the common case, kept cheap
-    if error is not None:
-        _judge(run, call.when)  # the phase failed on its own: its blocks go beside that
-    _decorate(item, run, report, error)
-    return report
-
-
-def _start_teardown(run: _TestRun) -> None:
-    # Blocks from now on happen in teardown; the ones after ``mark`` get fixture names.
-    run.guard.set_context("teardown")
-    run.mark = run.guard.recorded
-
-
-def _finish(item: pytest.Item, run: _TestRun) -> None:
-    run.guard.pause()
-    if item.config.stash.get(_CURRENT, None) is run:
-        del item.config.stash[_CURRENT]
-    del item.stash[_RUN]
-
-
-def _decorate(
-    item: pytest.Item, run: _TestRun, report: pytest.TestReport, error: BaseException | None
-) -> None:
-    from . import _report  # the text layer: imported when needed
-
-    verdict, root = run.verdicts.get(report.when, NOTHING), _root(item.config)
-    if verdict.events:
-        # Plain data on the report: it reaches the summary and the JSON report, from xdist too.
-        blocks = _summary.as_dicts(verdict, item.nodeid, root)
-        report.loopguard_blocks = blocks  # type: ignore[attr-defined]
-        item.config.stash[_COLLECTOR].add(blocks)
-    hint = _known_error_hint(error) if report.failed and error is not None else None
-    if hint is not None:
-        report.sections.append(("hint (pytest-loopguard)", hint))
-    if isinstance(error, LoopHangError):
-        error = _report.hang_error(verdict.events, error, root)
-    if isinstance(error, LoopguardError):
-        report.longrepr = _report.failure_repr(error, root)  # type: ignore[assignment]
-        if isinstance(error, LoopBlockedError):
-            return
-    if verdict.failing and report.failed:
-        report.sections.append((_SECTION, _report.render(verdict.failing, root)))
+        self._watch.end_phase(item, "teardown")
 
 
 def _known_error_hint(error: BaseException) -> str | None:
@@ -332,10 +321,16 @@ class LoopguardFixture:
 @pytest.fixture(name="loopguard")
 def loopguard_fixture(request: pytest.FixtureRequest) -> LoopguardFixture:
     """The running test's loop guard: ``.threshold``, ``.events``, ``with loopguard.allow():``."""
-    run = request.node.stash.get(_RUN, None) if isinstance(request.node, pytest.Item) else None
+    run = _run_of(request.node)
     if run is None:
         raise RuntimeError("the loopguard fixture is only available inside a running test")
     return LoopguardFixture(run.guard)
+
+
+def _run_of(node: object) -> _TestRun | None:
+    watch = node.config.stash.get(_WATCH, None) if isinstance(node, pytest.Item) else None
+    run = None if watch is None else watch.current
+    return run if run is not None and run.item is node else None
 
 
 def _guards() -> Any:
@@ -352,7 +347,7 @@ def _guards() -> Any:
 
 def _swallowed(item: pytest.Item, errors: list[BaseException]) -> bool:
     """Whether none of ``errors`` reached pytest as the test's own failure."""
-    run = item.stash.get(_RUN, None)
+    run = _run_of(item)
     seen = set(map(id, _error_chain(None if run is None else run.call_error)))
     return not any(id(error) in seen for error in errors)
 
