@@ -1,4 +1,5 @@
-"""Loops that run callbacks from C: uvloop (and any loop class listed in ``_loops.NATIVE``).
+"""Loops that run callbacks from C: uvloop (and any loop class listed in ``_loops.NATIVE``),
+and how their classes are found: patched now if imported, or the moment they are.
 
 No Python frame marks a callback's start, so the unit is the frame right above the one that
 entered the loop (the ``run_forever`` wrapper): a callback's frame, or a task's coroutine frame,
@@ -8,10 +9,12 @@ it was last free, which bounds the start of whatever runs after it and ends a un
 
 from __future__ import annotations
 
+import importlib.abc
+import importlib.machinery
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from contextlib import suppress
-from types import FrameType
+from types import FrameType, ModuleType
 from typing import Any
 
 from ._backend import frames_until
@@ -76,3 +79,39 @@ class _Ticker:
         self._stopped = True
         if threading.get_ident() == self._owner:
             self._handle.cancel()
+
+
+class ImportWatch(importlib.abc.MetaPathFinder):
+    """Patches a C loop class the moment its module is first imported (inside a test too)."""
+
+    def __init__(self, names: set[str], on_import: Callable[[ModuleType], None]) -> None:
+        self._names, self._on_import = names, on_import
+
+    def find_spec(
+        self, fullname: str, path: Sequence[str] | None, target: ModuleType | None = None
+    ) -> importlib.machinery.ModuleSpec | None:
+        if fullname not in self._names:
+            return None
+        spec = importlib.machinery.PathFinder.find_spec(fullname, path)
+        if spec is None or spec.loader is None:
+            return None
+        spec.loader = _ThenPatch(spec.loader, self._on_import)
+        return spec
+
+
+class _ThenPatch(importlib.abc.Loader):
+    """Runs the real loader, puts it back on the module, then patches the loop class."""
+
+    def __init__(self, inner: Any, after: Callable[[ModuleType], None]) -> None:
+        self._inner, self._after = inner, after
+
+    def create_module(self, spec: importlib.machinery.ModuleSpec) -> ModuleType | None:
+        created: ModuleType | None = self._inner.create_module(spec)
+        return created
+
+    def exec_module(self, module: ModuleType) -> None:
+        module.__loader__ = self._inner
+        if module.__spec__ is not None:
+            module.__spec__.loader = self._inner
+        self._inner.exec_module(module)
+        self._after(module)

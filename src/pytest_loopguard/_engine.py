@@ -14,17 +14,16 @@ import asyncio
 import gc
 import sys
 import threading
-from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from . import _clocks
 from ._frames import FrameFilter
+from ._ledger import Ledger
 from ._loops import LoopThread, Registry
 from ._watchdog import Watchdog
 
 if TYPE_CHECKING:
     from ._backend import LoopRun
-    from ._block import Block, Label
     from ._guard import LoopGuard
     from ._hang import HangInterrupt
 
@@ -34,23 +33,10 @@ if TYPE_CHECKING:
 _DEFAULT_THRESHOLD = 0.1
 
 
-@dataclass(frozen=True)
-class _Ended:
-    """A block that is over and long enough for at least one guard; made events in ``flush``
-    (that reads source files, which drops the GIL: never while sampling)."""
-
-    thread: str
-    block: Block
-    end: float
-    queued: float
-    labels: tuple[Label, ...]
-
-
 class Engine:
     """One per process (``ENGINE``)."""
 
     def __init__(self) -> None:
-        self.lock = threading.Lock()  # blocks, labels and pending events
         self._lease_lock = threading.Lock()
         self._leases = 0
         self.guards: tuple[LoopGuard, ...] = ()
@@ -60,9 +46,8 @@ class Engine:
         self.gc = _clocks.GcLog()
         self._hang: HangInterrupt | None = None
         self.registry = Registry(self)
+        self.ledger = Ledger(self.gc)
         self.watchdog = Watchdog(self)
-        self.ended: list[_Ended] = []
-        self.open_blocks = 0  # blocks open on some thread: when none is, reading events is free
 
     # -- leases: the machinery's lifetime ------------------------------------------------
 
@@ -132,8 +117,7 @@ class Engine:
             gc.callbacks.remove(self.gc.on_gc)
         self.registry.uninstall()
         self.gc.clear()
-        self.ended.clear()
-        self.open_blocks = 0
+        self.ledger.clear()
 
     # -- guards ---------------------------------------------------------------------------
 
@@ -147,7 +131,7 @@ class Engine:
         running = asyncio._get_running_loop()
         if running is not None and isinstance(running, asyncio.BaseEventLoop):
             self.registry.adopt(running)  # entered inside a loop started before we were set up
-        with self.lock:
+        with self.ledger.lock:
             if self.registry.active:
                 if not self.guards:
                     self._wake_threads()
@@ -163,13 +147,15 @@ class Engine:
             self.guards = tuple(g for g in self.guards if g is not guard)
             self._tune()
             return
-        with self.lock:
-            if self.busy():
-                self._settle_all()
+        ledger = self.ledger
+        with ledger.lock:
+            if ledger.busy():
+                threads = tuple(self.registry.threads.values())
+                ledger.settle_all(threads)
                 now = _clocks.now()
-                for thread in tuple(self.registry.threads.values()):
-                    self._release_label(thread, guard, now, 0.0)
-                self.flush()
+                for thread in threads:
+                    ledger.release(thread, guard, now, 0.0)
+                ledger.flush()
             guard.flush_calls()
             self.guards = tuple(g for g in self.guards if g is not guard)
             self._tune()
@@ -193,72 +179,51 @@ class Engine:
             thread.last_poll, thread.cpu_at_poll = now, _clocks.read(thread.cpu_clock)
 
     def _take_over(self, guard: LoopGuard) -> None:
-        """A unit already running on another thread's loop began before ``guard``: not its."""
-        here, frames = threading.get_ident(), None
-        for thread in self.registry.running():
-            run = thread.run
-            if thread.ident == here and thread.block is not None:
-                from ._block import Label
+        """Units running now on other threads' loops began before ``guard``: not its. One
+        running on this thread (a guard entered inside a callback) is."""
+        here = threading.get_ident()
+        others = [t for t in self.registry.running() if t.ident != here]
+        if others:
+            self.ledger.take_over(others, self.guards)
+        mine = self.registry.threads.get(here)
+        if mine is not None and mine.block is not None:
+            from ._block import Label
 
-                thread.block.labels.append(Label(guard, guard.phase, guard.fixture))
-            elif thread.ident != here and thread.block is None and run is not None:
-                frames = frames if frames is not None else sys._current_frames()
-                unit = run.unit(frames.get(thread.ident))
-                if unit is not None:
-                    self.open(thread, run, unit, _clocks.now())
-        del frames
+            mine.block.labels.append(Label(guard, guard.phase, guard.fixture))
 
     def relabel(self, guard: LoopGuard) -> None:
         """``guard`` moved to a new phase: a unit on another thread's loop that began late in
         the last one and still runs counts in the new one (the last one has had its verdict)."""
         here = threading.get_ident()
-        with self.lock:
-            for thread in self.registry.running():
-                if thread.ident != here and thread.block is not None:
-                    for label in thread.block.labels:
-                        if label.guard is guard:
-                            label.phase, label.fixture = guard.phase, guard.fixture
+        with self.ledger.lock:
+            others = [t for t in self.registry.running() if t.ident != here]
+            self.ledger.relabel(others, guard)
 
     def close_ongoing(self, guard: LoopGuard) -> None:
         """End of a phase: a unit still holding another thread's loop past ``guard``'s
         threshold is recorded now, in this phase; the rest of it is not ``guard``'s."""
-        if not self.busy():
+        if not self.ledger.busy():
             return
-        here = threading.get_ident()
-        with self.lock:
-            self._settle_all()
+        here, ledger = threading.get_ident(), self.ledger
+        with ledger.lock:
+            threads = tuple(self.registry.threads.values())
+            ledger.settle_all(threads)
             now = _clocks.now()
-            for thread in tuple(self.registry.threads.values()):
+            for thread in threads:
                 if thread.ident != here:
-                    self._release_label(thread, guard, now, guard.threshold)
-
-    def _release_label(
-        self, thread: LoopThread, guard: LoopGuard, now: float, least: float
-    ) -> None:
-        block = thread.block
-        label = next((lb for lb in block.labels if lb.guard is guard), None) if block else None
-        if block is None or label is None or now - block.start < least:
-            return
-        if block.reportable:
-            end, queued = block.measure(now, None, self._collecting(thread))
-            if end - block.start >= guard.threshold:
-                self.ended.append(_Ended(thread.name, block, end, queued, (label,)))
-        block.labels.remove(label)
-
-    def busy(self) -> bool:
-        """Whether a block is open or waiting to become events (else reading them is free)."""
-        return bool(self.open_blocks or self.ended)
+                    ledger.release(thread, guard, now, guard.threshold)
 
     def events_of(self, guard: LoopGuard) -> None:
         """Bring ``guard``'s events up to date: settle every open block, make pending events."""
-        if self.busy():
-            with self.lock:
-                self._settle_all()
-                self.flush()
+        ledger = self.ledger
+        if ledger.busy():
+            with ledger.lock:
+                ledger.settle_all(tuple(self.registry.threads.values()))
+                ledger.flush()
         # Strict mode's calls are made events only when read: a call counted after that would
         # be missing from its event's count of times.
         if guard.calls is not None and guard.calls.pending:
-            with self.lock:
+            with ledger.lock:
                 guard.flush_calls()
 
     # -- the registry tells: on the loop's own thread --------------------------------------
@@ -281,8 +246,8 @@ class Engine:
 
     def loop_stopping(self, thread: LoopThread, run: LoopRun) -> None:
         if thread.block is not None:
-            with self.lock:
-                self.close(thread, _clocks.now())
+            with self.ledger.lock:
+                self.ledger.close(thread, _clocks.now())
         if thread.restore_debug and len(thread.runs) == 1:
             while thread.restore_debug:
                 thread.restore_debug.pop()()
@@ -290,79 +255,11 @@ class Engine:
     def thread_done(self, thread: LoopThread) -> None:
         # A block opened on our own frames as the last loop stopped (no unit of the loop's).
         if thread.block is not None:
-            with self.lock:
-                self.close(thread, _clocks.now())
+            with self.ledger.lock:
+                self.ledger.close(thread, _clocks.now())
 
     def tick_period(self) -> float:
         return min(max(self.threshold / 10, 0.001), 0.01)
-
-    # -- blocks (the caller holds ``lock``) -------------------------------------------------
-
-    def open(self, thread: LoopThread, run: LoopRun, unit: object, now: float) -> Block:
-        """Open a block for ``unit``, first seen running on ``thread`` at ``now``."""
-        from ._block import Block, Label
-
-        # CPU time is counted from the previous look: a block first seen when it is nearly
-        # over (C code kept the watchdog waiting for the GIL) still gets a meaningful share.
-        since = max(thread.last_poll, thread.beat_ran)
-        start = run.started(unit, since, now)
-        labels = [Label(g, g.phase, g.fixture) for g in self.guards]
-        cpu = thread.cpu_at_poll
-        block = Block(unit, start, now, cpu, thread.last_poll, now, labels, run.needs_beat)
-        block.cpu_last = cpu
-        thread.block = block
-        self.open_blocks += 1
-        return block
-
-    def settle(self, thread: LoopThread, unit: object | None, now: float) -> None:
-        """Close ``thread``'s block if it ended: proven by a beat, or ``unit`` runs instead."""
-        block = thread.block
-        if block is not None and block.ended_by is not None:
-            self.close(thread, now, block.ended_by)
-        elif block is not None and block.unit is not unit:
-            self.close(thread, now)
-
-    def close(self, thread: LoopThread, now: float, ended_by: float | None = None) -> None:
-        """End ``thread``'s block: it was last seen running, and is gone at ``now``."""
-        block, thread.block = thread.block, None
-        if block is None:
-            return
-        if block.reportable:
-            end, queued = block.measure(now, ended_by, self._collecting(thread))
-            labels = tuple(lb for lb in block.labels if end - block.start >= lb.guard.threshold)
-            if labels:
-                self.ended.append(_Ended(thread.name, block, end, queued, labels))
-        # Only now: ``busy`` is read without the lock, and must never see a block in neither.
-        self.open_blocks -= 1
-
-    def _collecting(self, thread: LoopThread) -> _clocks.Collecting:
-        ident = thread.ident
-        return lambda start, end: self.gc.collecting(ident, start, end)
-
-    def _settle_all(self) -> None:
-        # A block that is no longer its thread's running unit has ended, even if the watchdog
-        # has not looked since: the caller (the plugin, at the end of a test phase) may have
-        # been woken by the very callback that ends it, on a server loop's thread.
-        frames = sys._current_frames()
-        frames[threading.get_ident()] = sys._getframe()
-        now = _clocks.now()
-        for thread in tuple(self.registry.threads.values()):
-            run = thread.run
-            if thread.block is not None:
-                self.settle(thread, run.unit(frames.get(thread.ident)) if run else None, now)
-        del frames
-
-    def flush(self) -> None:
-        """Make the ended blocks events. They leave ``_ended`` only once recorded: ``busy`` is
-        read without the lock, and resolving source lines lets other threads run meanwhile."""
-        from ._block import for_label
-
-        ended = list(self.ended)
-        for item in ended:
-            event = item.block.event(item.end, item.queued, item.thread)
-            for label in item.labels:
-                label.guard.record(for_label(event, label))
-        del self.ended[: len(ended)]
 
 
 ENGINE = Engine()

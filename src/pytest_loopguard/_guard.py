@@ -71,7 +71,8 @@ class LoopGuard:
         if since is not None and len(self._events) != since:
             return False
         calls = self.calls
-        busy = ENGINE.open_blocks or ENGINE.ended  # ENGINE.busy(), without a call
+        ledger = ENGINE.ledger
+        busy = ledger.open_blocks or ledger.ended  # ledger.busy(), without a call
         return not (busy or (calls is not None and calls.pending))
 
     @property
@@ -83,7 +84,7 @@ class LoopGuard:
         """Label the blocks that start from now on (the plugin passes its test phase here)."""
         changed = phase != self.phase
         self.phase, self.fixture = phase, fixture
-        if changed and self._active and ENGINE.busy():
+        if changed and self._active and ENGINE.ledger.busy():
             ENGINE.relabel(self)
 
     def close_ongoing(self) -> None:
@@ -194,7 +195,7 @@ class LoopGuard:
 def _call_log(guard: LoopGuard) -> CallLog:
     from ._strict import CallLog  # strict mode's module, only for strict guards
 
-    return CallLog(guard, ENGINE.filter, ENGINE.lock)
+    return CallLog(guard, ENGINE.filter, ENGINE.ledger.lock)
 
 
 def _hub() -> Any:

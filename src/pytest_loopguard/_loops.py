@@ -11,11 +11,9 @@ they are imported. The engine hears of each start and stop through a ``Listener`
 from __future__ import annotations
 
 import asyncio.events
-import importlib.abc
-import importlib.machinery
 import sys
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from types import FrameType, ModuleType
 from typing import Any, Protocol
@@ -23,7 +21,7 @@ from typing import Any, Protocol
 from . import _clocks
 from ._backend import LoopRun
 from ._backend_asyncio import AsyncioRun
-from ._backend_uvloop import NativeRun
+from ._backend_uvloop import ImportWatch, NativeRun
 
 # (module, class) of the event loops implemented in C that we know how to watch.
 NATIVE: tuple[tuple[str, str], ...] = (("uvloop", "Loop"), ("winloop", "Loop"))
@@ -113,7 +111,7 @@ class Registry:
         self.threads: dict[int, LoopThread] = {}
         self.active = 0  # how many threads run a loop now
         self._patches: list[_Patch] = []
-        self._watch: _ImportWatch | None = None
+        self._watch: ImportWatch | None = None
 
     @property
     def installed(self) -> bool:
@@ -121,7 +119,7 @@ class Registry:
 
     def leftovers(self) -> list[str]:
         left = [f"{p.owner.__name__}.{p.name} patched" for p in self._patches]
-        if self._watch is not None or any(isinstance(f, _ImportWatch) for f in sys.meta_path):
+        if self._watch is not None or any(isinstance(f, ImportWatch) for f in sys.meta_path):
             left.append("the import hook")
         if self.threads:
             left.append(f"{len(self.threads)} loop thread record(s)")
@@ -136,7 +134,7 @@ class Registry:
             for module, cls in NATIVE:
                 if module in sys.modules:
                     self._patch_native(sys.modules[module], cls)
-            self._watch = _ImportWatch(self._imported)
+            self._watch = ImportWatch({m for m, _ in NATIVE}, self._imported)
             sys.meta_path.insert(0, self._watch)
         except BaseException:
             self.uninstall()  # all or nothing
@@ -277,40 +275,3 @@ class Registry:
         if not thread.main:
             self.listener.thread_done(thread)
             self.threads.pop(thread.ident, None)  # a worker thread's record goes with its loop
-
-
-class _ImportWatch(importlib.abc.MetaPathFinder):
-    """Patches a C loop class the moment its module is first imported (inside a test too)."""
-
-    def __init__(self, on_import: Callable[[ModuleType], None]) -> None:
-        self._on_import = on_import
-        self._names = {module for module, _ in NATIVE}
-
-    def find_spec(
-        self, fullname: str, path: Sequence[str] | None, target: ModuleType | None = None
-    ) -> importlib.machinery.ModuleSpec | None:
-        if fullname not in self._names:
-            return None
-        spec = importlib.machinery.PathFinder.find_spec(fullname, path)
-        if spec is None or spec.loader is None:
-            return None
-        spec.loader = _ThenPatch(spec.loader, self._on_import)
-        return spec
-
-
-class _ThenPatch(importlib.abc.Loader):
-    """Runs the real loader, puts it back on the module, then patches the loop class."""
-
-    def __init__(self, inner: Any, after: Callable[[ModuleType], None]) -> None:
-        self._inner, self._after = inner, after
-
-    def create_module(self, spec: importlib.machinery.ModuleSpec) -> ModuleType | None:
-        created: ModuleType | None = self._inner.create_module(spec)
-        return created
-
-    def exec_module(self, module: ModuleType) -> None:
-        module.__loader__ = self._inner
-        if module.__spec__ is not None:
-            module.__spec__.loader = self._inner
-        self._inner.exec_module(module)
-        self._after(module)

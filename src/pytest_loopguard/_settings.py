@@ -11,56 +11,7 @@ from typing import Any
 
 import pytest
 
-DEFAULT_THRESHOLD = 0.1
-
-THRESHOLD_HELP = (
-    "Fail a test whose code holds the asyncio event loop for this many seconds or more "
-    f"(a number > 0; default {DEFAULT_THRESHOLD})."
-)
-DEBUG_HELP = (
-    "Also turn on asyncio's debug mode on every loop under test, with slow_callback_duration "
-    "set to the threshold (slow: about 7x on a callback-heavy suite; default off; "
-    "--no-loop-debug turns off what the ini turned on)."
-)
-MODES = ("fail", "warn")
-MODE_HELP = (
-    "What a block does to its test: 'fail' it (default), or 'warn' — the test keeps its own "
-    "outcome and each block becomes a PytestWarning, for adopting the plugin gradually."
-)
-REPORT_HELP = (
-    "Write every block of the run to this JSON file (schema pytest-loopguard/report, version 1; "
-    "see report.schema.json in the package; an empty value on the command line turns it off)."
-)
-ALLOW_HELP = (
-    "Blocks whose stack runs through one of these are allowed (recorded, never failed): one per "
-    "line, a module ('ddtrace'), a module:function ('jinja2.environment:Environment.__init__' "
-    "or 'mylib.setup:warm_up'), or a path glob ('*/site-packages/botocore/*')."
-)
-TIMEOUT_HELP = (
-    "Hang guard: when one callback holds the loop this many seconds, dump its stack, interrupt "
-    "it and fail the test, so a deadlock cannot hang the run (seconds > the threshold; "
-    "default off)."
-)
-STRICT_HELP = (
-    "Also fail tests whose code makes a known blocking call on the loop thread (time.sleep, "
-    "blocking sockets, DNS, file open, subprocess, thread waits), however short "
-    "(true/false; default false; --no-loop-block-strict turns off what the ini turned on)."
-)
-SQLALCHEMY_HELP = (
-    "Make the loopguard_sqlalchemy fixture active for every test: lazy loads and sync engines "
-    "on the event loop fail early with the fix (true/false; default false)."
-)
-LAZY_MARKER = (
-    "allow_lazy_loads: this test opts out of the loopguard_sqlalchemy guards (pytest-loopguard)."
-)
-THRESHOLD_MARKER = (
-    "loop_block_threshold(seconds): this test's own threshold for blocking the event loop "
-    "(pytest-loopguard)."
-)
-ALLOW_MARKER = (
-    "allow_blocking(reason=None): this test may block the event loop; blocks are recorded, "
-    "never failed (pytest-loopguard)."
-)
+from ._options import DEFAULT_THRESHOLD, MODES
 
 _TRUE = ("1", "true", "yes", "on")
 _FALSE = ("0", "false", "no", "off", "")

@@ -100,7 +100,7 @@ class Watchdog:
 
     def _poll(self) -> None:
         engine = self._engine
-        with engine.lock:
+        with engine.ledger.lock:
             frames = sys._current_frames()
             now = _clocks.now()
             looked = []
@@ -114,14 +114,14 @@ class Watchdog:
             for thread, run, top in looked:
                 self._after_sampling(thread, run, top, now)
             del frames, looked
-            engine.flush()
+            engine.ledger.flush()
 
     def _look(self, thread: LoopThread, run: LoopRun, top: FrameType | None, now: float) -> None:
         engine = self._engine
         unit = run.unit(top)
-        engine.settle(thread, unit, now)
+        engine.ledger.settle(thread, unit, now)
         if unit is not None:
-            block: Block = thread.block or engine.open(thread, run, unit, now)
+            block: Block = thread.block or engine.ledger.open(thread, run, unit, now, engine.guards)
             block.observe(run.stack(top), now, engine.threshold, engine.filter)
             for label in block.labels:
                 if label.guard.allowing(thread.ident):

@@ -1,0 +1,158 @@
+"""The ledger of blocks: the open one of each loop thread, which guards it counts for, and the
+ended ones not yet made events.
+
+The watchdog opens and settles blocks here while sampling; a guard's reads settle and flush
+them. Everything happens holding ``lock`` except ``busy``, which every test phase reads without
+it: a block is always in one of the two places, never in neither.
+"""
+
+from __future__ import annotations
+
+import sys
+import threading
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from . import _clocks
+
+if TYPE_CHECKING:
+    from ._backend import LoopRun
+    from ._block import Block, Label
+    from ._guard import LoopGuard
+    from ._loops import LoopThread
+
+
+@dataclass(frozen=True)
+class Ended:
+    """A block that is over and long enough for at least one guard; made events in ``flush``
+    (that reads source files, which drops the GIL: never while sampling)."""
+
+    thread: str
+    block: Block
+    end: float
+    queued: float
+    labels: tuple[Label, ...]
+
+
+class Ledger:
+    """The blocks of every loop thread; ``lock`` guards all of it."""
+
+    def __init__(self, gc_log: _clocks.GcLog) -> None:
+        self.lock = threading.Lock()
+        self.ended: list[Ended] = []
+        self.open_blocks = 0  # blocks open on some thread: when none is, reading events is free
+        self._gc = gc_log
+
+    def clear(self) -> None:
+        self.ended.clear()
+        self.open_blocks = 0
+
+    def busy(self) -> bool:
+        """Whether a block is open or waiting to become events (else reading them is free)."""
+        return bool(self.open_blocks or self.ended)
+
+    def open(
+        self,
+        thread: LoopThread,
+        run: LoopRun,
+        unit: object,
+        now: float,
+        guards: Iterable[LoopGuard],
+    ) -> Block:
+        """Open a block for ``unit``, first seen running on ``thread`` at ``now``, for
+        ``guards`` (each labels it with its phase and fixture of now)."""
+        from ._block import Block, Label  # imported once a block opens: a sync suite never does
+
+        # CPU time is counted from the previous look: a block first seen when it is nearly
+        # over (C code kept the watchdog waiting for the GIL) still gets a meaningful share.
+        since = max(thread.last_poll, thread.beat_ran)
+        labels = [Label(g, g.phase, g.fixture) for g in guards]
+        cpu = thread.cpu_at_poll
+        block = Block(unit, run.started(unit, since, now), now, cpu, thread.last_poll, now, labels)
+        block.needs_beat, block.cpu_last = run.needs_beat, cpu
+        thread.block = block
+        self.open_blocks += 1
+        return block
+
+    def settle(self, thread: LoopThread, unit: object | None, now: float) -> None:
+        """Close ``thread``'s block if it ended: proven by a beat, or ``unit`` runs instead."""
+        block = thread.block
+        if block is not None and block.ended_by is not None:
+            self.close(thread, now, block.ended_by)
+        elif block is not None and block.unit is not unit:
+            self.close(thread, now)
+
+    def close(self, thread: LoopThread, now: float, ended_by: float | None = None) -> None:
+        """End ``thread``'s block: it was last seen running, and is gone at ``now``."""
+        block, thread.block = thread.block, None
+        if block is None:
+            return
+        if block.reportable:
+            end, queued = block.measure(now, ended_by, self._collecting(thread))
+            labels = tuple(lb for lb in block.labels if end - block.start >= lb.guard.threshold)
+            if labels:
+                self.ended.append(Ended(thread.name, block, end, queued, labels))
+        # Only now: ``busy`` is read without the lock, and must never see a block in neither.
+        self.open_blocks -= 1
+
+    def release(self, thread: LoopThread, guard: LoopGuard, now: float, least: float) -> None:
+        """What ``thread``'s block (running ``least`` seconds or more) did so far counts for
+        ``guard``; the rest of it does not."""
+        block = thread.block
+        label = next((lb for lb in block.labels if lb.guard is guard), None) if block else None
+        if block is None or label is None or now - block.start < least:
+            return
+        if block.reportable:
+            end, queued = block.measure(now, None, self._collecting(thread))
+            if end - block.start >= guard.threshold:
+                self.ended.append(Ended(thread.name, block, end, queued, (label,)))
+        block.labels.remove(label)
+
+    def relabel(self, threads: Iterable[LoopThread], guard: LoopGuard) -> None:
+        """``guard``'s phase changed: its open blocks on ``threads`` count in the new one."""
+        for thread in threads:
+            for label in thread.block.labels if thread.block is not None else ():
+                if label.guard is guard:
+                    label.phase, label.fixture = guard.phase, guard.fixture
+
+    def take_over(self, threads: Iterable[LoopThread], guards: Iterable[LoopGuard]) -> None:
+        """Units already running on ``threads`` began before a new guard: they count only for
+        ``guards``, the ones there were."""
+        frames = sys._current_frames()
+        now = _clocks.now()
+        for thread in threads:
+            run = thread.run
+            unit = run.unit(frames.get(thread.ident)) if run is not None else None
+            if thread.block is None and run is not None and unit is not None:
+                self.open(thread, run, unit, now, guards)
+        del frames
+
+    def settle_all(self, threads: Iterable[LoopThread]) -> None:
+        """A block that is no longer its thread's running unit has ended, even if the watchdog
+        has not looked since: the caller (the plugin, at the end of a test phase) may have
+        been woken by the very callback that ends it, on a server loop's thread."""
+        frames = sys._current_frames()
+        frames[threading.get_ident()] = sys._getframe()
+        now = _clocks.now()
+        for thread in threads:
+            run = thread.run
+            if thread.block is not None:
+                self.settle(thread, run.unit(frames.get(thread.ident)) if run else None, now)
+        del frames
+
+    def flush(self) -> None:
+        """Make the ended blocks events. They leave ``ended`` only once recorded: ``busy`` is
+        read without the lock, and resolving source lines lets other threads run meanwhile."""
+        from ._block import for_label
+
+        ended = list(self.ended)
+        for item in ended:
+            event = item.block.event(item.end, item.queued, item.thread)
+            for label in item.labels:
+                label.guard.record(for_label(event, label))
+        del self.ended[: len(ended)]
+
+    def _collecting(self, thread: LoopThread) -> _clocks.Collecting:
+        ident, gc_log = thread.ident, self._gc
+        return lambda start, end: gc_log.collecting(ident, start, end)

@@ -1,0 +1,85 @@
+"""Every setting's names, help and markers: one table, read by ``pytest --help``, the ini
+and the README, so the surfaces cannot drift apart."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+DEFAULT_THRESHOLD = 0.1
+MODES = ("fail", "warn")
+
+THRESHOLD_HELP = (
+    "Fail a test whose code holds the asyncio event loop for this many seconds or more "
+    f"(a number > 0; default {DEFAULT_THRESHOLD})."
+)
+DEBUG_HELP = (
+    "Also turn on asyncio's debug mode on every loop under test, with slow_callback_duration "
+    "set to the threshold (slow: about 7x on a callback-heavy suite; default off; "
+    "--no-loop-debug turns off what the ini turned on)."
+)
+MODE_HELP = (
+    "What a block does to its test: 'fail' it (default), or 'warn' — the test keeps its own "
+    "outcome and each block becomes a PytestWarning, for adopting the plugin gradually."
+)
+REPORT_HELP = (
+    "Write every block of the run to this JSON file (schema pytest-loopguard/report, version 1; "
+    "see report.schema.json in the package; an empty value on the command line turns it off)."
+)
+ALLOW_HELP = (
+    "Blocks whose stack runs through one of these are allowed (recorded, never failed): one per "
+    "line, a module ('ddtrace'), a module:function ('jinja2.environment:Environment.__init__' "
+    "or 'mylib.setup:warm_up'), or a path glob ('*/site-packages/botocore/*')."
+)
+TIMEOUT_HELP = (
+    "Hang guard: when one callback holds the loop this many seconds, dump its stack, interrupt "
+    "it and fail the test, so a deadlock cannot hang the run (seconds > the threshold; "
+    "default off)."
+)
+STRICT_HELP = (
+    "Also fail tests whose code makes a known blocking call on the loop thread (time.sleep, "
+    "blocking sockets, DNS, file open, subprocess, thread waits), however short "
+    "(true/false; default false; --no-loop-block-strict turns off what the ini turned on)."
+)
+SQLALCHEMY_HELP = (
+    "Make the loopguard_sqlalchemy fixture active for every test: lazy loads and sync engines "
+    "on the event loop fail early with the fix (true/false; default false)."
+)
+LAZY_MARKER = (
+    "allow_lazy_loads: this test opts out of the loopguard_sqlalchemy guards (pytest-loopguard)."
+)
+THRESHOLD_MARKER = (
+    "loop_block_threshold(seconds): this test's own threshold for blocking the event loop "
+    "(pytest-loopguard)."
+)
+ALLOW_MARKER = (
+    "allow_blocking(reason=None): this test may block the event loop; blocks are recorded, "
+    "never failed (pytest-loopguard)."
+)
+
+
+@dataclass(frozen=True)
+class Option:
+    """One setting: its ini name, its command-line flag (None: ini only; an on/off flag gets a
+    ``--no-`` twin when ``metavar`` is None), the ini type and default, and one help text."""
+
+    ini: str
+    flag: str | None
+    metavar: str | None
+    kind: str
+    default: object
+    help: str
+
+
+OPTIONS = (
+    Option(
+        "loop_block_threshold", "--loop-block-threshold", "SECONDS", "string", "", THRESHOLD_HELP
+    ),
+    Option("loop_debug", "--loop-debug", None, "string", "false", DEBUG_HELP),
+    Option("loop_block_mode", "--loop-block-mode", "fail|warn", "string", "fail", MODE_HELP),
+    Option("loop_block_report", "--loop-block-report", "PATH", "string", "", REPORT_HELP),
+    Option("loop_block_timeout", "--loop-block-timeout", "SECONDS", "string", "", TIMEOUT_HELP),
+    Option("loop_block_strict", "--loop-block-strict", None, "string", "false", STRICT_HELP),
+    Option("loop_block_allow", None, None, "linelist", [], ALLOW_HELP),
+    Option("loop_guard_sqlalchemy", None, None, "string", "false", SQLALCHEMY_HELP),
+)
+MARKERS = (THRESHOLD_MARKER, ALLOW_MARKER, LAZY_MARKER)

@@ -1,0 +1,199 @@
+"""One test's phases under the session's guard: the switch to the test, a verdict at the end
+of each phase, and what goes on the phase's report.
+
+Every hook here is a plain one but the report's: a wrapper costs a test several times what a
+plain hook does, and these run for every test of every suite (see bench/overhead.py). The hooks
+live on objects, not in a module, so that they reach the session's state without a lookup.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Generator
+from pathlib import Path
+
+import pytest
+
+from . import _settings, _summary
+from ._events import BlockEvent, LoopBlockedError, LoopguardError, LoopHangError
+from ._guard import LoopGuard
+from ._settings import Settings
+from ._verdict import NOTHING, Verdict, judge
+
+ITEM_SETTINGS = pytest.StashKey[Settings]()
+_SECTION = "event loop blocked (pytest-loopguard)"
+
+
+class TestRun:
+    """One test's view of the session's guard, and what has been decided about it so far."""
+
+    __slots__ = ("call_error", "guard", "item", "judged", "mark", "settings", "verdicts")
+
+    def __init__(self, item: pytest.Item, settings: Settings, guard: LoopGuard) -> None:
+        self.item, self.settings, self.guard = item, settings, guard
+        self.verdicts: dict[str, Verdict] = {}
+        self.judged = 0  # how many of the guard's events earlier verdicts have seen
+        self.mark: int | None = None  # events before teardown: the rest get fixture names
+        self.call_error: BaseException | None = None
+
+
+class Watch:
+    """The per-test hooks, on an object that holds the session's guard and the running test.
+
+    Every hook here is a plain one but the report's: a wrapper costs a test several times what
+    a plain hook does, and these run for every test of every suite (see bench/overhead.py).
+    """
+
+    def __init__(
+        self, config: pytest.Config, settings: Settings, collector: _summary.Collector
+    ) -> None:
+        self.config, self.settings, self.collector = config, settings, collector
+        self.root: Path = config.invocation_params.dir  # like pytest's own summary lines
+        # One guard for the session, resumed for each test and paused after it.
+        s = settings
+        self.guard = LoopGuard(s.threshold, debug=s.debug, timeout=s.timeout, strict=s.strict)
+        self.current: TestRun | None = None
+
+    @pytest.hookimpl(tryfirst=True)
+    def pytest_runtest_setup(self, item: pytest.Item) -> None:
+        """Hand the session's guard to this test: what blocks from now on is its."""
+        settings = item.stash.get(ITEM_SETTINGS, None)
+        if settings is None:  # an item collected without our collection hook
+            settings = item.stash[ITEM_SETTINGS] = _settings.for_item(item, self.settings)
+        self.current = TestRun(item, settings, self.guard)
+        self.guard.resume(settings.threshold)
+        self.guard.set_context("setup")
+
+    @pytest.hookimpl(tryfirst=True)
+    def pytest_fixture_setup(self, fixturedef: pytest.FixtureDef[object]) -> None:
+        """Name the fixture whose setup runs now, so a block in it is reported against it."""
+        # In setup only: a fixture the test body asks for by name is part of its call.
+        if self.current is not None and self.guard.phase == "setup":
+            self.guard.set_context("setup", fixturedef.argname)
+
+    def pytest_fixture_post_finalizer(self, fixturedef: pytest.FixtureDef[object]) -> None:
+        """Name the fixture whose finalizers just ran for the teardown blocks they caused."""
+        run = self.current
+        if run is not None and run.mark is not None and not self.guard.quiet(run.mark):
+            self.guard.name_fixture(run.mark, fixturedef.argname)
+            run.mark = self.guard.recorded
+
+    @pytest.hookimpl(wrapper=True)
+    def pytest_runtest_makereport(
+        self, item: pytest.Item, call: pytest.CallInfo[None]
+    ) -> Generator[None, pytest.TestReport, pytest.TestReport]:
+        """Show our message as the failure, or beside the test's own failure, never instead."""
+        report = yield
+        run = self.current
+        if run is None or run.item is not item:
+            return report
+        when, error = call.when, call.excinfo.value if call.excinfo is not None else None
+        if when == "call":
+            run.call_error = error
+        if when == "call" or (when == "setup" and not report.passed):
+            self._start_teardown(run)
+        elif when == "teardown":
+            self._finish()
+        if error is None and when not in run.verdicts:
+            return report  # nothing blocked and nothing failed: the common case, kept cheap
+        if error is not None:
+            self.judge(run, when)  # the phase failed on its own: its blocks go beside that
+        self._decorate(run, report, error)
+        return report
+
+    def _start_teardown(self, run: TestRun) -> None:
+        # Blocks from now on happen in teardown; the ones after ``mark`` get fixture names.
+        self.guard.set_context("teardown")
+        run.mark = self.guard.recorded
+
+    def _finish(self) -> None:
+        self.guard.pause()
+        self.current = None
+
+    def judge(self, run: TestRun, phase: str) -> Verdict:
+        """Judge the phase once; everything after reads the verdict kept on the test."""
+        guard = self.guard
+        if guard.quiet(run.judged):
+            return NOTHING  # nothing new since the last verdict: the common case, kept cheap
+        guard.close_ongoing()
+        events = guard.events
+        run.judged = len(events)
+        mine = [e for e in events if e.phase == phase]
+        if not mine:
+            return NOTHING
+        verdict = run.verdicts[phase] = judge(mine, run.settings)
+        return verdict
+
+    def end_phase(self, item: pytest.Item, phase: str) -> None:
+        """The phase's work is done and did not fail: fail it (or warn) if it blocked."""
+        run = self.current
+        if run is None or run.item is not item:
+            return
+        verdict = self.judge(run, phase)
+        if phase == "setup":
+            self.guard.set_context("call")
+        if verdict.warned:
+            self._warn(item, verdict.warned)
+        if verdict.failing:
+            from . import _report  # the text layer: imported when there is something to say
+
+            raise _report.blocked_error(verdict.failing, self.root)
+
+    def _warn(self, item: pytest.Item, events: tuple[BlockEvent, ...]) -> None:
+        from . import _report
+
+        for event in _report.worst_first(events):
+            text, filename, lineno = _report.warning_text(event, self.root, item.nodeid)
+            warnings.warn_explicit(pytest.PytestWarning(text), None, filename, lineno)
+
+    def _decorate(
+        self, run: TestRun, report: pytest.TestReport, error: BaseException | None
+    ) -> None:
+        from . import _report
+
+        verdict, root = run.verdicts.get(report.when, NOTHING), self.root
+        if verdict.events:
+            # Plain data on the report: it reaches the summary and the JSON report, from xdist.
+            blocks = _summary.as_dicts(verdict, report.nodeid, root)
+            report.loopguard_blocks = blocks  # type: ignore[attr-defined]
+            self.collector.add(blocks)
+        hint = _known_error_hint(error) if report.failed and error is not None else None
+        if hint is not None:
+            report.sections.append(("hint (pytest-loopguard)", hint))
+        if isinstance(error, LoopHangError):
+            error = _report.hang_error(verdict.events, error, root)
+        if isinstance(error, LoopguardError):
+            report.longrepr = _report.failure_repr(error, root)  # type: ignore[assignment]
+            if isinstance(error, LoopBlockedError):
+                return
+        if verdict.failing and report.failed:
+            report.sections.append((_SECTION, _report.render(verdict.failing, root)))
+
+
+class PhaseEnds:
+    """Record during a phase, fail right after it, as pytest's own unraisable-exception plugin
+    does: ``trylast`` runs once the phase's work is done, and only when it did not fail."""
+
+    def __init__(self, watch: Watch) -> None:
+        self._watch = watch
+
+    @pytest.hookimpl(trylast=True)
+    def pytest_runtest_setup(self, item: pytest.Item) -> None:
+        """Fail the setup (an error naming the fixture) when a fixture blocked the loop."""
+        self._watch.end_phase(item, "setup")
+
+    @pytest.hookimpl(trylast=True)
+    def pytest_runtest_call(self, item: pytest.Item) -> None:
+        """Fail the test when its body blocked the loop."""
+        self._watch.end_phase(item, "call")
+
+    @pytest.hookimpl(trylast=True)
+    def pytest_runtest_teardown(self, item: pytest.Item) -> None:
+        """Fail the teardown (an error naming the fixture) when a finalizer blocked the loop."""
+        self._watch.end_phase(item, "teardown")
+
+
+def _known_error_hint(error: BaseException) -> str | None:
+    from ._hints import for_error
+
+    return for_error(error)
