@@ -26,7 +26,9 @@ if TYPE_CHECKING:
 
 
 class Watchdog:
-    """The sampling thread. ``looks`` and ``naps`` count its work, for tests and benchmarks."""
+    """The sampling thread. ``wakes``, ``looks`` and ``naps`` count what it did (tests and
+    benchmarks read them): every return from a wait, the ones that looked at loop threads, and
+    every time it went to sleep with nothing to watch."""
 
     NAME = "pytest-loopguard-watchdog"
 
@@ -36,8 +38,7 @@ class Watchdog:
         self._thread: threading.Thread | None = None
         self._stopping = False
         self.sleeping = False
-        self.looks = 0  # wake-ups that looked at loop threads
-        self.naps = 0  # times it went to sleep with nothing to watch
+        self.wakes = self.looks = self.naps = 0
 
     @property
     def alive(self) -> bool:
@@ -59,7 +60,10 @@ class Watchdog:
     def wake(self) -> None:
         """A loop started or a guard subscribed while the watchdog slept."""
         with self._cond:
-            self._cond.notify_all()
+            # Checked again under the lock: by now it may be in a timed wait, which must not
+            # be cut short (an early look is a wasted GIL hand-off).
+            if self.sleeping:
+                self._cond.notify_all()
 
     def _wanted(self) -> bool:
         engine = self._engine
@@ -68,21 +72,30 @@ class Watchdog:
     def _run(self) -> None:
         while True:
             with self._cond:
-                # ``sleeping`` is set before ``_wanted`` is read: a loop start that reads it
-                # after that either sees it set (and wakes us) or was already seen here.
-                self.sleeping = True
-                while not self._stopping and not self._wanted():
-                    self.naps += 1
-                    self._cond.wait()
-                self.sleeping = False
-                due = self._due()
-                if due > 0 and not self._stopping:
-                    self._cond.wait(due)
+                self._pause()
                 if self._stopping:
                     return
             if self._wanted():
                 self.looks += 1
                 self._poll()
+
+    def _pause(self) -> None:
+        """Until the next look (the caller holds ``_cond``): asleep while there is nothing to
+        watch, then one interval. Woken by a loop start, it waits that interval even if the
+        loop has stopped meanwhile: pytest-asyncio runs a loop a few times a test, briefly,
+        and waking for each run would cost a GIL hand-off each."""
+        # ``sleeping`` is set before ``_wanted`` is read: a loop start that reads it after
+        # that either sees it set (and wakes us) or was already seen here.
+        self.sleeping = True
+        if not self._stopping and not self._wanted():
+            self.naps += 1
+            self._cond.wait()
+            self.wakes += 1
+        self.sleeping = False
+        due = self._due()
+        if due > 0 and not self._stopping:
+            self._cond.wait(due)
+            self.wakes += 1
 
     def _due(self) -> float:
         """Seconds until the next look: an interval after the oldest look at a running loop (or
