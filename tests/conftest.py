@@ -71,17 +71,44 @@ def run(
     return pytester.runpytest(*ASYNCIO, *args)
 
 
+def blocked(where: str, *, seconds: str = "*", threshold: str = "0.10") -> str:
+    """The first line of a block's failure, as a pattern for fnmatch_lines."""
+    return (
+        f"LoopBlockedError: event loop blocked for {seconds} s (threshold {threshold} s) at {where}"
+    )
+
+
+def hung(where: str, *, seconds: str = "*") -> str:
+    """The first line of a hang's failure (the hang guard interrupted the callback)."""
+    return (
+        f"LoopBlockedError: event loop hung: a callback held it for {seconds} s, past the hang "
+        f"timeout, and was interrupted at {where}"
+    )
+
+
+def strict_call(call: str, where: str, *, times: int = 1) -> str:
+    """The first line of a strict-mode failure: a known blocking call made on the loop."""
+    count = f", {times} times" if times > 1 else ""
+    return (
+        f"LoopBlockedError: blocking call {call} on the event loop at {where} "
+        f"(strict mode: fails however short{count})"
+    )
+
+
 def assert_blocked(
     result: pytest.RunResult, where: str, line: str, fix: str, *, threshold: str = "0.10"
 ) -> None:
     """The failure signature a user reads: verdict with file:line, the source line, the fix."""
     result.stdout.fnmatch_lines(
-        [
-            f"LoopBlockedError: event loop blocked for * s (threshold {threshold} s) at {where}*",
-            f"    {line}",
-            f"fix: {fix}",
-        ]
+        [blocked(f"{where}*", threshold=threshold), f"    {line}", f"fix: {fix}"]
     )
+
+
+def assert_usage_error(result: pytest.RunResult, message: str) -> None:
+    """A bad setting stops the run with exit code 4 and one line naming it — no traceback."""
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines([f"ERROR: pytest-loopguard: {message}"])
+    assert "Traceback" not in result.stderr.str() + result.stdout.str()
 
 
 @pytest.fixture(scope="session")

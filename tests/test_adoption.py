@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ASYNCIO, run, write_ini
+from conftest import ASYNCIO, assert_usage_error, run, write_ini
 
 SUITE = """
 import time, pytest
@@ -61,12 +61,9 @@ def test_bad_mode_is_a_usage_error(
     pytester.makepyfile("def test_x(): pass")
     write_ini(pytester, "auto", extra)
     result = pytester.runpytest(*ASYNCIO, *args)
-    assert result.ret == pytest.ExitCode.USAGE_ERROR
-    result.stderr.fnmatch_lines(
-        [
-            f"ERROR: pytest-loopguard: 'loud' from {source} is not a valid loop_block_mode: "
-            "expected one of fail, warn"
-        ]
+    assert_usage_error(
+        result,
+        f"'loud' from {source} is not a valid loop_block_mode: expected one of fail, warn",
     )
 
 
@@ -149,12 +146,10 @@ def test_unwritable_report_path_fails_at_start(
     pytester.makepyfile("def test_x(): pass")
     write_ini(pytester, "auto", extra)
     result = pytester.runpytest(*ASYNCIO, *args)
-    assert result.ret == pytest.ExitCode.USAGE_ERROR
-    result.stderr.fnmatch_lines(
-        [
-            f"ERROR: pytest-loopguard: cannot write the block report to 'missing/dir/blocks.json' "
-            f"from {source}: expected a file path in an existing, writable folder"
-        ]
+    assert_usage_error(
+        result,
+        f"cannot write the block report to 'missing/dir/blocks.json' "
+        f"from {source}: expected a file path in an existing, writable folder",
     )
     result.stdout.no_fnmatch_line("*collected*")
 
@@ -232,10 +227,8 @@ def test_malformed_allowlist_line_is_a_usage_error(pytester: pytest.Pytester, li
     pytester.makepyfile("def test_x(): pass")
     write_ini(pytester, "auto", f"loop_block_allow =\n    {line}")
     result = pytester.runpytest(*ASYNCIO)
-    assert result.ret == pytest.ExitCode.USAGE_ERROR
-    result.stderr.fnmatch_lines(
-        [
-            f"ERROR: pytest-loopguard: {line!r} in ini loop_block_allow is not a valid entry: "
-            "expected a module (pkg.mod), a module:function (pkg.mod:func) or a path glob (*/pkg/*)"
-        ]
+    assert_usage_error(
+        result,
+        f"{line!r} in ini loop_block_allow is not a valid entry: "
+        "expected a module (pkg.mod), a module:function (pkg.mod:func) or a path glob (*/pkg/*)",
     )

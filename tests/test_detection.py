@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from conftest import assert_blocked, run
+from conftest import assert_blocked, blocked, run
 from helpers_src import SLOW_SERVER
 
 SLEEP_FIX = "time.sleep blocks every request — use `await asyncio.sleep(...)`"
@@ -137,8 +137,9 @@ def test_test_body_block_names_line_and_duration(pytester: pytest.Pytester) -> N
     result.assert_outcomes(failed=1)
     result.stdout.fnmatch_lines(
         [
-            "LoopBlockedError: event loop blocked for 0.3* s (threshold 0.10 s) at "
-            "test_test_body_block_names_line_and_duration.py:5 in test_users",
+            blocked(
+                "test_test_body_block_names_line_and_duration.py:5 in test_users", seconds="0.3*"
+            ),
             "    time.sleep(0.3)",
             f"fix: {SLEEP_FIX}",
             "wall 0.3* s, CPU 0.0* s: waiting (not on the CPU)*",
@@ -180,11 +181,9 @@ def test_async_fixture_setup_and_teardown_are_errors_naming_the_fixture(
     result.stdout.fnmatch_lines(
         [
             "*ERROR at setup of test_uses_db*",
-            "LoopBlockedError: event loop blocked for 0.2* s (threshold 0.10 s) at "
-            "*.py:5 in database (during setup of fixture 'database')",
+            blocked("*.py:5 in database (during setup of fixture 'database')", seconds="0.2*"),
             "*ERROR at teardown of test_uses_db*",
-            "LoopBlockedError: event loop blocked for 0.2* s (threshold 0.10 s) at "
-            "*.py:7 in database (during teardown of fixture 'database')",
+            blocked("*.py:7 in database (during teardown of fixture 'database')", seconds="0.2*"),
         ]
     )
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from conftest import run
+from conftest import hung, run
 
 DEADLOCK = """
 import asyncio, concurrent.futures, time, pytest
@@ -49,18 +49,17 @@ def test_deadlocks_and_spins_are_interrupted_and_the_run_goes_on(
         [
             "loopguard: threshold=0.1s (default), loop-debug=off, timeout=1s, strict=off",
             "*_ test_deadlock _*",
-            "LoopBlockedError: event loop hung: a callback held it for 1.0* s, past the hang "
-            "timeout, and was interrupted at test_hangs.py:8 in test_deadlock",
+            hung("test_hangs.py:8 in test_deadlock", seconds="1.0*"),
             "    fut.result()",
             "fix: `concurrent.futures.Future.result()` waits on the loop thread*",
             "stack while blocked (most recent call last):",
             "  test_hangs.py:8 in test_deadlock",
             "  */concurrent/futures/_base.py:* in result",
             "*_ test_spins _*",
-            "LoopBlockedError: event loop hung: * at test_hangs.py:12 in test_spins",
+            hung("test_hangs.py:12 in test_spins"),
             "fix: CPU-bound work holds the loop*",
             "*_ test_swallowing_does_not_help _*",
-            "LoopBlockedError: event loop hung: * at test_hangs.py:18 in test_swallowing_*",
+            hung("test_hangs.py:18 in test_swallowing_*"),
         ]
     )
 
@@ -84,8 +83,7 @@ def test_hang_in_a_fixture_is_an_error_naming_it(pytester: pytest.Pytester) -> N
     result.stdout.fnmatch_lines(
         [
             "*ERROR at setup of test_uses*",
-            "LoopBlockedError: event loop hung: * at *.py:5 in stuck "
-            "(during setup of fixture 'stuck')",
+            hung("*.py:5 in stuck (during setup of fixture 'stuck')"),
             "fix: a threading lock/event/queue wait holds the loop*",
         ]
     )

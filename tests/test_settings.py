@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from conftest import ASYNCIO, run, write_ini
+from conftest import ASYNCIO, assert_usage_error, run, write_ini
 
 BLOCK_03 = """
 import time, pytest
@@ -86,14 +86,11 @@ def test_bad_cli_threshold_is_a_usage_error(pytester: pytest.Pytester, value: st
     pytester.makepyfile("def test_x(): pass")
     write_ini(pytester)
     result = pytester.runpytest(*ASYNCIO, f"--loop-block-threshold={value}")
-    assert result.ret == pytest.ExitCode.USAGE_ERROR
-    result.stderr.fnmatch_lines(
-        [
-            f"ERROR: pytest-loopguard: {value!r} from --loop-block-threshold is not a valid "
-            "loop_block_threshold: expected a finite number of seconds > 0, such as 0.1"
-        ]
+    assert_usage_error(
+        result,
+        f"{value!r} from --loop-block-threshold is not a valid "
+        "loop_block_threshold: expected a finite number of seconds > 0, such as 0.1",
     )
-    assert "Traceback" not in result.stderr.str() + result.stdout.str()
 
 
 @pytest.mark.parametrize("value", ["abc", "-1", "0", "nan", "inf", "-inf"])
@@ -101,23 +98,20 @@ def test_bad_ini_threshold_is_a_usage_error(pytester: pytest.Pytester, value: st
     pytester.makepyfile("def test_x(): pass")
     write_ini(pytester, extra=f"loop_block_threshold = {value}")
     result = pytester.runpytest(*ASYNCIO)
-    assert result.ret == pytest.ExitCode.USAGE_ERROR
-    result.stderr.fnmatch_lines(
-        [f"ERROR: pytest-loopguard: {value!r} from ini loop_block_threshold is not a valid *"]
+    assert_usage_error(
+        result,
+        f"{value!r} from ini loop_block_threshold is not a valid *",
     )
-    assert "Traceback" not in result.stderr.str() + result.stdout.str()
 
 
 def test_bad_ini_loop_debug_is_a_usage_error(pytester: pytest.Pytester) -> None:
     pytester.makepyfile("def test_x(): pass")
     write_ini(pytester, extra="loop_debug = maybe")
     result = pytester.runpytest(*ASYNCIO)
-    assert result.ret == pytest.ExitCode.USAGE_ERROR
-    result.stderr.fnmatch_lines(
-        [
-            "ERROR: pytest-loopguard: 'maybe' from ini loop_debug is not a valid boolean: "
-            "expected one of 1, true, yes, on, 0, false, no, off"
-        ]
+    assert_usage_error(
+        result,
+        "'maybe' from ini loop_debug is not a valid boolean: "
+        "expected one of 1, true, yes, on, 0, false, no, off",
     )
 
 
@@ -164,9 +158,7 @@ def test_bad_marker_is_a_usage_error(pytester: pytest.Pytester, marker: str, mes
     pytester.makepyfile(f"import pytest\n\n@pytest.mark.{marker}\nasync def test_x():\n    pass\n")
     write_ini(pytester, "auto")
     result = pytester.runpytest(*ASYNCIO)
-    assert result.ret == pytest.ExitCode.USAGE_ERROR
-    result.stderr.fnmatch_lines([f"ERROR: pytest-loopguard: {message}"])
-    assert "Traceback" not in result.stderr.str() + result.stdout.str()
+    assert_usage_error(result, message)
 
 
 def test_markers_are_registered(pytester: pytest.Pytester) -> None:

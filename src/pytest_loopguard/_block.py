@@ -54,6 +54,7 @@ class Block:
     queued_last: float | None = None
     queued_since: float = 0.0
     importing: float = 0.0  # seconds of the block spent in first imports
+    _since: float = 0.0  # since the previous look (or the start), set by ``seen``
     hung: bool = False  # reported and interrupted as a hang already
     beat: float | None = None  # when the beat that proves this block over was posted
     ended_by: float | None = None  # when a beat or tick first ran after that: it was over
@@ -69,15 +70,21 @@ class Block:
         if self.beat is not None or (self.needs_beat and now > self.opened):
             self.ended_by = now
 
-    def observe(self, stack: Stack, now: float, threshold: float, user: FrameFilter) -> None:
-        """One more look found the unit still running, on ``stack``."""
-        since = now - max(self.last_seen if self.counts else self.start, self.start)
+    def seen(self, now: float, threshold: float) -> bool:
+        """One more look found the unit still running; True when its stack is worth sampling:
+        only once it has run for half the threshold. Most units a busy loop is seen in are
+        over by the next look, and a sample is most of what a look costs the loop."""
+        self._since = now - max(self.last_seen if self.counts else self.start, self.start)
         self.last_seen = now
         self.armed = now - self.start >= threshold / 2
+        return self.armed
+
+    def observe(self, stack: Stack, user: FrameFilter) -> None:
+        """Count the line the loop thread is on, in ``stack`` (sampled right after ``seen``)."""
         if self._sample(stack, user):
             # A first import runs once per process, not per request: the time the looks found
             # it importing is left out, like garbage collection (an import is not a bug to fix).
-            self.importing += since
+            self.importing += self._since
 
     def _sample(self, stack: Stack, user_filter: FrameFilter) -> bool:
         """Count the line the loop thread is on; True when it is inside a first import."""

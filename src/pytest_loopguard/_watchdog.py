@@ -135,7 +135,8 @@ class Watchdog:
         engine.ledger.settle(thread, unit, now)
         if unit is not None:
             block: Block = thread.block or engine.ledger.open(thread, run, unit, now, engine.guards)
-            block.observe(run.stack(top), now, engine.threshold, engine.filter)
+            if block.seen(now, engine.threshold):
+                block.observe(run.stack(top), engine.filter)
             for label in block.labels:
                 if label.guard.allowing(thread.ident):
                     label.allowed = True

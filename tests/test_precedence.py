@@ -1,0 +1,129 @@
+"""Precedence for every setting: marker > CLI > ini > default, in both directions.
+
+The threshold's own table (with markers) is in test_settings.py; here every other setting that
+has a command-line flag is checked against the ini both ways: the CLI turns on what the ini
+left off, and turns off what the ini turned on.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from conftest import ASYNCIO, write_ini
+
+BLOCKS = """
+import time
+
+async def test_blocks():
+    time.sleep(0.3)
+"""
+
+
+@pytest.mark.parametrize(
+    ("ini", "cli", "shown"),
+    [
+        ("", [], "loop-debug=off"),
+        ("loop_debug = true", [], "loop-debug=on"),
+        ("loop_debug = true", ["--no-loop-debug"], "loop-debug=off"),
+        ("loop_debug = false", ["--loop-debug"], "loop-debug=on"),
+        ("", [], "strict=off"),
+        ("loop_block_strict = true", [], "strict=on"),
+        ("loop_block_strict = true", ["--no-loop-block-strict"], "strict=off"),
+        ("loop_block_strict = false", ["--loop-block-strict"], "strict=on"),
+        ("", [], "timeout=off"),
+        ("loop_block_timeout = 5", [], "timeout=5s"),
+        ("loop_block_timeout = 5", ["--loop-block-timeout=off"], "timeout=off"),
+        ("loop_block_timeout = off", ["--loop-block-timeout=2"], "timeout=2s"),
+        ("loop_block_timeout = 5", ["--loop-block-timeout=2"], "timeout=2s"),
+    ],
+    ids=[
+        "debug-default",
+        "debug-ini",
+        "debug-cli-off-beats-ini-on",
+        "debug-cli-on-beats-ini-off",
+        "strict-default",
+        "strict-ini",
+        "strict-cli-off-beats-ini-on",
+        "strict-cli-on-beats-ini-off",
+        "timeout-default",
+        "timeout-ini",
+        "timeout-cli-off-beats-ini-on",
+        "timeout-cli-on-beats-ini-off",
+        "timeout-cli-beats-ini-value",
+    ],
+)
+def test_on_off_settings(pytester: pytest.Pytester, ini: str, cli: list[str], shown: str) -> None:
+    """The header says what is in force; each of these shows there."""
+    write_ini(pytester, "auto", ini)
+    pytester.makepyfile("def test_x():\n    pass\n")
+    result = pytester.runpytest(*ASYNCIO, *cli)
+    result.assert_outcomes(passed=1)
+    result.stdout.fnmatch_lines([f"loopguard: threshold=*{shown}*"])
+
+
+@pytest.mark.parametrize(
+    ("ini", "cli", "outcome"),
+    [
+        ("", [], {"failed": 1}),
+        ("loop_block_mode = warn", [], {"passed": 1, "warnings": 1}),
+        ("loop_block_mode = warn", ["--loop-block-mode=fail"], {"failed": 1}),
+        ("loop_block_mode = fail", ["--loop-block-mode=warn"], {"passed": 1, "warnings": 1}),
+    ],
+    ids=["default-fails", "ini-warns", "cli-fail-beats-ini-warn", "cli-warn-beats-ini-fail"],
+)
+def test_mode(pytester: pytest.Pytester, ini: str, cli: list[str], outcome: dict[str, int]) -> None:
+    write_ini(pytester, "auto", ini)
+    pytester.makepyfile(BLOCKS)
+    # A process of its own: this session turns warnings into errors, in-process runs inherit it.
+    result = pytester.runpytest_subprocess(*ASYNCIO, *cli)
+    result.assert_outcomes(**outcome)
+    line = "LoopBlockedError: event loop blocked *" if "failed" in outcome else "*PytestWarning: *"
+    result.stdout.fnmatch_lines([line])
+
+
+@pytest.mark.parametrize(
+    ("ini", "cli", "written"),
+    [
+        ("", [], []),
+        ("loop_block_report = from-ini.json", [], ["from-ini.json"]),
+        ("loop_block_report = from-ini.json", ["--loop-block-report="], []),
+        ("loop_block_report = from-ini.json", ["--loop-block-report=cli.json"], ["cli.json"]),
+        ("", ["--loop-block-report=cli.json"], ["cli.json"]),
+    ],
+    ids=["default-none", "ini", "empty-cli-turns-it-off", "cli-beats-ini", "cli"],
+)
+def test_report(pytester: pytest.Pytester, ini: str, cli: list[str], written: list[str]) -> None:
+    write_ini(pytester, "auto", ini)
+    pytester.makepyfile(BLOCKS)
+    result = pytester.runpytest(*ASYNCIO, *cli)
+    result.assert_outcomes(failed=1)
+    assert sorted(p.name for p in pytester.path.glob("*.json")) == written
+
+
+@pytest.mark.parametrize(
+    ("ini", "marker", "guarded"),
+    [
+        ("", "", False),
+        ("loop_guard_sqlalchemy = true", "", True),
+        ("loop_guard_sqlalchemy = true", "@pytest.mark.allow_lazy_loads", False),
+    ],
+    ids=["default-off", "ini-on", "marker-opts-out"],
+)
+def test_sqlalchemy_guards(pytester: pytest.Pytester, ini: str, marker: str, guarded: bool) -> None:
+    """Ini only (no flag): the ini turns the guards on for every test, a marker opts one out."""
+    pytest.importorskip("sqlalchemy")
+    write_ini(pytester, "auto", ini)
+    pytester.makepyfile(
+        f"""
+        import pytest
+
+        {marker}
+        def test_x(request):
+            used = "loopguard_sqlalchemy" in request.fixturenames
+            guard = request.getfixturevalue("loopguard_sqlalchemy") if used else None
+            print("GUARDED", guard is not None)
+        """
+    )
+    result = pytester.runpytest(*ASYNCIO, "-s")
+    result.assert_outcomes(passed=1)
+    result.stdout.fnmatch_lines([f"*GUARDED {guarded}"])
