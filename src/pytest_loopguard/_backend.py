@@ -9,7 +9,7 @@ else — sampling, timing, verdicts, the hang interrupt — is the same for ever
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from types import FrameType
 from typing import Any, Protocol
 
@@ -24,15 +24,15 @@ class LoopRun(Protocol):
     # for all its steps): a callback posted behind it, or a periodic tick, must confirm its end.
     needs_beat: bool
 
-    def unit(self, top: FrameType | None) -> object | None:
-        """The identity of the unit of work running now, given the thread's innermost frame;
-        None while the loop waits for work."""
+    def unit(self, frames: Iterable[FrameType]) -> object | None:
+        """The identity of the unit of work running now, given the thread's frames innermost
+        first (``_greenlets.walk``); None while the loop waits for work."""
 
     def started(self, unit: object, since: float, now: float) -> float:
         """When ``unit``, first seen at ``now``, began; it was not running at ``since``."""
 
-    def stack(self, top: FrameType | None) -> Stack:
-        """The running unit's frames, from ``top`` down to where the loop called into it."""
+    def stack(self, frames: Iterable[FrameType]) -> Stack:
+        """The running unit's frames, innermost first, down to where the loop called into it."""
 
     def post(self, callback: Callable[[], None]) -> None:
         """From any thread: have ``callback`` run on the loop once it is free."""
@@ -45,12 +45,12 @@ class LoopRun(Protocol):
 
 
 def frames_until(
-    top: FrameType | None, code: object = None, base: FrameType | None = None
+    frames: Iterable[FrameType], code: object = None, base: FrameType | None = None
 ) -> Stack:
-    """Frames from ``top`` down to, not including, the first running ``code`` or ``base``."""
+    """``frames`` up to, not including, the first running ``code`` or ``base``."""
     stack: Stack = []
-    frame = top
-    while frame is not None and frame.f_code is not code and frame is not base:
+    for frame in frames:
+        if frame.f_code is code or frame is base:
+            break
         stack.append((frame, frame.f_lineno or 0))
-        frame = frame.f_back
     return stack

@@ -7,7 +7,7 @@ the same frame object on two looks proves the same callback still holds the loop
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from contextlib import suppress
 from types import CodeType, FrameType
 from typing import Any
@@ -27,11 +27,15 @@ class AsyncioRun:
     def __init__(self, loop: Any) -> None:
         self.loop = loop
 
-    def unit(self, top: FrameType | None) -> FrameType | None:
-        frame = top
-        while frame is not None and frame.f_code is not RUN_CODE:
-            frame = frame.f_back
-        return frame
+    def unit(self, frames: Iterable[FrameType]) -> FrameType | None:
+        for frame in frames:
+            if frame.f_code is RUN_CODE:
+                return frame
+            if frame.f_code.co_name == "_run_once":
+                # A callback that runs the loop itself (nest_asyncio's nested
+                # ``run_until_complete``), and the loop is between callbacks: free, not held.
+                return None
+        return None
 
     def started(self, unit: object, since: float, now: float) -> float:
         # The loop notes in ``_run_once`` when its current batch of callbacks began; a callback
@@ -41,8 +45,8 @@ class AsyncioRun:
             return batch
         return (since + now) / 2
 
-    def stack(self, top: FrameType | None) -> Stack:
-        return frames_until(top, RUN_CODE)
+    def stack(self, frames: Iterable[FrameType]) -> Stack:
+        return frames_until(frames, RUN_CODE)
 
     def post(self, callback: Callable[[], None]) -> None:
         with suppress(RuntimeError):  # a closed loop is not running anything either

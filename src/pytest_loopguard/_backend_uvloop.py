@@ -12,7 +12,7 @@ from __future__ import annotations
 import importlib.abc
 import importlib.machinery
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from contextlib import suppress
 from types import FrameType, ModuleType
 from typing import Any
@@ -30,18 +30,20 @@ class NativeRun:
         self.loop, self._base, self._tick = loop, base, tick
         self._ticker = _Ticker(loop, tick, beat)
 
-    def unit(self, top: FrameType | None) -> FrameType | None:
-        above, frame = None, top
-        while frame is not None and frame is not self._base:
-            above, frame = frame, frame.f_back
-        return above if frame is not None else None
+    def unit(self, frames: Iterable[FrameType]) -> FrameType | None:
+        above = None
+        for frame in frames:
+            if frame is self._base:
+                return above
+            above = frame
+        return None
 
     def started(self, unit: object, since: float, now: float) -> float:
         # ``since`` is at most one tick old unless this unit held the loop.
         return since + min(now - since, self._tick) / 2
 
-    def stack(self, top: FrameType | None) -> Stack:
-        return frames_until(top, base=self._base)
+    def stack(self, frames: Iterable[FrameType]) -> Stack:
+        return frames_until(frames, base=self._base)
 
     def post(self, callback: Callable[[], None]) -> None:
         with suppress(RuntimeError):

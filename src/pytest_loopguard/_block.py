@@ -14,11 +14,26 @@ from dataclasses import dataclass, field, replace
 from types import CodeType
 from typing import Any
 
-from . import _hints
+from . import _debugger, _greenlets, _hints
 from ._events import BlockEvent
 from ._frames import FrameFilter, Sample, Stack, first_user, resolve, sample
 
 _IMPORT_MACHINERY = "<frozen importlib._bootstrap"
+_COLLECTION: tuple[CodeType, int] = (compile("", "<collection>", "exec"), 0)  # a sample's key
+
+
+@dataclass(frozen=True)
+class Measured:
+    """A block's end (less first imports and waiting for a CPU), the seconds it waited for a
+    CPU, and the seconds of automatic garbage collection in it."""
+
+    end: float
+    queued: float
+    collected: float
+
+    def busy(self, start: float) -> float:
+        """What the block's own code took: a block only if this reaches the threshold."""
+        return self.end - start - self.collected
 
 
 @dataclass(eq=False)
@@ -53,6 +68,10 @@ class Block:
     queued_first: float | None = None
     queued_last: float | None = None
     queued_since: float = 0.0
+    # From the same look on: the process's CPU, the watchdog's own, and the loop thread's. What
+    # the other threads used tells "waiting on native work" (argon2's lanes) from plain waiting.
+    others: tuple[float, float, float] | None = None
+    others_last: tuple[float, float, float] | None = None
     importing: float = 0.0  # seconds of the block spent in first imports
     _since: float = 0.0  # since the previous look (or the start), set by ``seen``
     hung: bool = False  # reported and interrupted as a hang already
@@ -79,8 +98,12 @@ class Block:
         self.armed = now - self.start >= threshold / 2
         return self.armed
 
-    def observe(self, stack: Stack, user: FrameFilter) -> None:
-        """Count the line the loop thread is on, in ``stack`` (sampled right after ``seen``)."""
+    def observe(self, stack: Stack, user: FrameFilter, collecting: bool = False) -> None:
+        """Count the line the loop thread is on, in ``stack`` (sampled right after ``seen``);
+        during an automatic collection, the time only: what runs then names no line."""
+        if collecting:
+            self.counts[_COLLECTION] += 1
+            return
         if self._sample(stack, user):
             # A first import runs once per process, not per request: the time the looks found
             # it importing is left out, like garbage collection (an import is not a bug to fix).
@@ -98,40 +121,47 @@ class Block:
             self.examples[key] = sample(stack, user, user_filter)
         return any(f.f_code.co_filename.startswith(_IMPORT_MACHINERY) for f, _ in stack)
 
+    def _headline_key(self) -> tuple[CodeType, int]:
+        lines = [(key, n) for key, n in self.counts.most_common() if key is not _COLLECTION]
+        return lines[0][0]
+
     @property
     def reportable(self) -> bool:
         # Unarmed: it had run under half the threshold when last seen. A look that came late
         # proves nothing: a busy loop thread that releases the GIL around every select() and
         # takes it straight back can keep the watchdog waiting for it.
-        return bool(self.counts) and self.armed and not self.hung and bool(self.labels)
+        has_line = any(key is not _COLLECTION for key in self.counts)
+        return has_line and self.armed and not self.hung and bool(self.labels)
 
     def measure(
         self, now: float, ended_by: float | None, collecting: Callable[[float, float], float]
-    ) -> tuple[float, float]:
-        """(end, seconds waiting for a CPU) of the block, last seen running and gone at ``now``.
+    ) -> Measured:
+        """How long the block held the loop, last seen running and gone at ``now``.
 
-        Garbage collection and first imports are left out (no line of the test can fix them),
-        and so is time the thread spent runnable but waiting for a CPU (the machine's load).
+        Left out: first imports (once per process, not a line to fix) and time the thread spent
+        runnable but waiting for a CPU (the machine's load). Automatic garbage collection counts
+        in the duration, but not towards the threshold (see ``Measured.busy``).
         """
         gone = now if ended_by is None else max(self.last_seen, min(now, ended_by))
-        end = (self.last_seen + gone) / 2
-        end -= collecting(self.start, end) + self.importing
+        end = (self.last_seen + gone) / 2 - self.importing
         queued = _run_queue_wait(self, end - self.start)
-        return end - queued, queued
+        return Measured(end - queued, queued, collecting(self.start, end))
 
     def event(self, end: float, queued: float, thread: str) -> BlockEvent:
         """The block as an event, for no guard in particular (see ``for_label``)."""
         duration = end - self.start
-        ((key, _),) = self.counts.most_common(1)
-        found = self.examples[key]
+        found = self.examples[self._headline_key()]
         frame, stack = resolve(found.top), tuple(resolve(f) for f in found.users)
         cpu_time = _cpu_time(self, duration + queued)
         ratio = None if cpu_time is None else cpu_time / duration
-        hint = _hints.classify(frame.line if frame else "", found.callees, ratio)
+        bridged = _greenlets.bridged(found.through)
+        debugged = any(_debugger.in_stack(e.through) for e in self.examples.values())
+        hint = _hints.classify(frame.line if frame else "", found.callees, ratio, bridged=bridged)
         return BlockEvent(
             duration=duration,
             threshold=0.0,
             cpu_time=cpu_time,
+            other_cpu=_other_cpu(self, duration + queued),
             frame=frame,
             stack=stack,
             hint=hint,
@@ -139,6 +169,7 @@ class Block:
             samples=sum(self.counts.values()),
             through=found.through,
             cpu_wait=queued,
+            debugger=debugged,
         )
 
 
@@ -162,6 +193,16 @@ def _run_queue_wait(block: Block, duration: float) -> float:
     if observed <= 0:
         return min(waited, duration)
     return min(waited * duration / observed, duration)
+
+
+def _other_cpu(block: Block, duration: float) -> float | None:
+    """CPU time other threads (not the watchdog) used during the block, scaled like CPU."""
+    if block.others is None or block.others_last is None:
+        return None
+    process, watchdog, loop = (b - a for a, b in zip(block.others, block.others_last, strict=True))
+    observed = block.last_seen - block.queued_since
+    used = max(process - watchdog - loop, 0.0)
+    return used if observed <= 0 else used * duration / observed
 
 
 def _cpu_time(block: Block, duration: float) -> float | None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -23,6 +24,8 @@ def loop_time_offset() -> float:
     return now() - _monotonic()
 
 
+process_cpu = time.process_time  # all threads of the process
+own_cpu = time.thread_time  # the calling thread's (the watchdog's, to leave its own work out)
 CpuClock = Callable[[], float]
 Collecting = Callable[[float, float], float]  # seconds of GC on a thread between two times
 
@@ -75,34 +78,56 @@ class RunQueueClock:
 
 
 class GcLog:
-    """The recent garbage collections of each thread, while the engine is watching.
+    """The recent automatic garbage collections of each thread, while the engine is watching.
 
-    A collection stalls only its own thread's loop. Spans are tuples, replaced rather than
-    grown: a collection can start while a reader sums them (it allocates).
+    A collection stalls only its own thread's loop. One that a callback's own allocations set
+    off is part of what the callback costs, and counts in its duration; but a callback that is
+    short without it is not a block (a collection merely landed in it), so the verdict leaves
+    these spans out. An explicit ``gc.collect()`` is the code's own call: never left out, and
+    not kept here. Spans are tuples, replaced rather than grown: a collection can start while a
+    reader sums them (it allocates).
     """
 
     def __init__(self) -> None:
         self.watching = False
         self._spans: dict[int, tuple[tuple[float, float], ...]] = {}
-        self._started: float | None = None
+        # Collections running now, by thread: (start, whether gc.collect() was called).
+        self._running: dict[int, tuple[float, bool]] = {}
 
     def on_gc(self, phase: str, info: dict[str, Any]) -> None:
         """The ``gc.callbacks`` entry; runs with the GIL held, so needs no lock."""
         if not self.watching:
             return
+        ident = threading.get_ident()
         if phase == "start":
-            self._started = now()
-        elif self._started is not None:
-            ident = threading.get_ident()
+            self._running[ident] = (now(), info.get("generation") == 2 and _explicit())
+            return
+        started = self._running.pop(ident, None)
+        if started is not None and not started[1]:
             recent = self._spans.get(ident, ())[-255:]
-            self._spans[ident] = (*recent, (self._started, now()))
-            self._started = None
+            self._spans[ident] = (*recent, (started[0], now()))
+
+    def automatic(self, ident: int) -> bool:
+        """Whether an automatic collection runs on thread ``ident`` right now: frames a sample
+        finds then (finalizers, gc callbacks) ran only because of it, and name no line."""
+        running = self._running.get(ident)
+        return running is not None and not running[1]
 
     def collecting(self, ident: int, start: float, end: float) -> float:
-        """Seconds of garbage collection on thread ``ident`` between ``start`` and ``end``."""
+        """Seconds of automatic collection on thread ``ident`` between ``start`` and ``end``."""
         spans = self._spans.get(ident, ())
         return sum(max(0.0, min(b, end) - max(a, start)) for a, b in spans)
 
     def clear(self) -> None:
         self._spans.clear()
-        self._started = None
+        self._running.clear()
+
+
+def _explicit() -> bool:
+    """Whether the collection starting now was asked for by the Python code on this thread
+    (``gc.collect()`` makes a full collection; the frame that called it names ``collect``)."""
+    try:
+        caller = sys._getframe(2)  # 0: here, 1: on_gc, 2: the code running when it started
+    except ValueError:
+        return False
+    return "collect" in caller.f_code.co_names

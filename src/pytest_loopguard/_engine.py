@@ -18,6 +18,8 @@ from typing import TYPE_CHECKING
 
 from . import _clocks
 from ._frames import FrameFilter
+from ._greenlets import trace as trace_greenlets
+from ._greenlets import untrace as untrace_greenlets
 from ._ledger import Ledger
 from ._loops import LoopThread, Registry
 from ._watchdog import Watchdog
@@ -237,6 +239,7 @@ class Engine:
                 clock = thread.cpu_clock = _clocks.cpu_clock(thread.ident)
             thread.last_poll = _clocks.now()
             thread.cpu_at_poll = None if clock is None else clock()  # its own thread: alive
+            thread.tracer = trace_greenlets(thread)
         if self._debug is not None:
             restore = run.debug(self._debug)
             if restore is not None:
@@ -248,7 +251,9 @@ class Engine:
         if thread.block is not None:
             with self.ledger.lock:
                 self.ledger.close(thread, _clocks.now())
-        if thread.restore_debug and len(thread.runs) == 1:
+        if len(thread.runs) == 1:
+            untrace_greenlets(thread.tracer)
+            thread.tracer = thread.greenlet = None
             while thread.restore_debug:
                 thread.restore_debug.pop()()
 

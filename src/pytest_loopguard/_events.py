@@ -47,6 +47,11 @@ class BlockEvent:
     timed_out: bool = False
     # Strict mode: the known blocking call made on the loop ("time.sleep()"); duration is 0.
     call: str | None = None
+    # The loop thread was stopped in a debugger (pdb's prompt, an IDE's breakpoint) meanwhile.
+    debugger: bool = False
+    # CPU seconds the process's other threads used meanwhile (None: not measured): the loop
+    # thread waiting while they work is "waiting on native work", not sleeping.
+    other_cpu: float | None = None
 
     @property
     def cpu_bound(self) -> bool | None:

@@ -131,9 +131,11 @@ class LoopGuard:
             calls.drain(self._events)
 
     def unit_here(self, frame: FrameType) -> tuple[str, Stack] | None:
+        from ._greenlets import here, walk
+
         thread = ENGINE.registry.threads.get(threading.get_ident())
         run = thread.run if thread is not None else None
-        unit = run.unit(frame) if run is not None else None
+        unit = run.unit(walk(frame, here())) if run is not None else None
         if thread is None or run is None or unit is None:
             return None
         block = thread.block
@@ -143,7 +145,7 @@ class LoopGuard:
             and not any(label.guard is self for label in block.labels)
         ):
             return None  # a unit that began before this guard took its loop over
-        return thread.name, run.stack(frame)
+        return thread.name, run.stack(walk(frame, here()))
 
     def __enter__(self) -> LoopGuard:
         if self._active:

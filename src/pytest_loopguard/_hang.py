@@ -15,6 +15,7 @@ from typing import Any
 
 from ._backend import LoopRun
 from ._events import BlockEvent, LoopHangError
+from ._greenlets import here, walk
 from ._report import render
 
 SIGNAL = getattr(signal, "SIGUSR2", None)
@@ -62,7 +63,7 @@ class HangInterrupt:
         pending, self._pending = self._pending, None
         # Only inside the unit that hung: if it ended meanwhile, raising would hit whatever
         # runs now (the loop, pytest).
-        if pending is not None and pending[0].unit(frame) is pending[1]:
+        if pending is not None and pending[0].unit(walk(frame, here())) is pending[1]:
             raise pending[2]
 
 

@@ -54,9 +54,26 @@ WAITING = Hint(
     "a blocking call holds the loop",
     "move it off the loop: `await asyncio.to_thread(func, ...)`",
 )
+PASSWORD = Hint(
+    "password-hash",
+    "password hashing is slow on purpose (that is its security), and it holds the loop",
+    "use `await asyncio.to_thread(password_hash.verify, password, hashed)` "
+    "(and the same for `.hash(...)`)",
+)
+TESTCLIENT = Hint(
+    "testclient",
+    "the sync `TestClient` inside an `async def` test blocks this loop while the app runs",
+    "use `httpx.AsyncClient(transport=httpx.ASGITransport(app=app))` in async tests",
+)
 
 # The first library module the user's code called into decides the hint.
 _BY_MODULE: tuple[tuple[str, Hint], ...] = (
+    ("starlette.testclient", TESTCLIENT),  # before httpx, which it calls
+    ("fastapi.testclient", TESTCLIENT),
+    ("argon2", PASSWORD),
+    ("bcrypt", PASSWORD),
+    ("passlib", PASSWORD),
+    ("pwdlib", PASSWORD),
     ("requests", HTTP),
     ("urllib3", HTTP),
     ("urllib.request", HTTP),
@@ -81,6 +98,8 @@ _BY_MODULE: tuple[tuple[str, Hint], ...] = (
 # When the blocking call is C code called straight from the user's line, the line names it.
 _BY_CALL: dict[str, Hint] = {
     "sleep": SLEEP,
+    "hashpw": PASSWORD,  # bcrypt's, called straight from the user's line (C code)
+    "checkpw": PASSWORD,
     "urlopen": HTTP,
     "getaddrinfo": DNS,
     "gethostbyname": DNS,
@@ -128,12 +147,18 @@ def for_line(line: str) -> Hint | None:
     return found[-1] if found else None
 
 
-def classify(line: str, callees: Sequence[str], cpu_ratio: float | None) -> Hint:
+def classify(
+    line: str, callees: Sequence[str], cpu_ratio: float | None, *, bridged: bool = False
+) -> Hint:
     """Pick the hint for a block seen at ``line`` that was running inside ``callees``.
 
     ``callees`` are the modules the user's line called into, outermost first; ``cpu_ratio`` is
-    the share of the block's wall time the loop thread spent on the CPU (None: unknown).
+    the share of the block's wall time the loop thread spent on the CPU (None: unknown);
+    ``bridged``: it ran inside AsyncSession's sync bridge (see ``in_bridge``).
     """
+    if bridged:
+        kept = [m for m in callees if not m.startswith(("sqlalchemy", "greenlet"))]
+        return in_bridge(classify(line, kept, cpu_ratio))
     for module in callees:
         hint = for_module(module)
         if hint is not None:
@@ -143,6 +168,17 @@ def classify(line: str, callees: Sequence[str], cpu_ratio: float | None) -> Hint
     if hint is not None and not (cpu_bound and hint is FILE):
         return hint
     return CPU if cpu_bound else WAITING
+
+
+def in_bridge(hint: Hint) -> Hint:
+    """``hint`` for a block in code that AsyncSession's sync bridge ran on the loop thread."""
+    return Hint(
+        hint.key,
+        f"inside `AsyncSession`'s sync bridge: {hint.cause} (ORM event hooks, `run_sync` "
+        "functions, type decorators and result processing all run on the loop thread)",
+        f"{hint.fix} — outside the hook or `run_sync` function, e.g. before "
+        "`await session.flush()`",
+    )
 
 
 MISSING_GREENLET = (

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from . import _clocks
+from ._greenlets import walk
 
 if TYPE_CHECKING:
     from ._backend import LoopRun
@@ -89,10 +90,11 @@ class Ledger:
         if block is None:
             return
         if block.reportable:
-            end, queued = block.measure(now, ended_by, self._collecting(thread))
-            labels = tuple(lb for lb in block.labels if end - block.start >= lb.guard.threshold)
+            took = block.measure(now, ended_by, self._collecting(thread))
+            busy = took.busy(block.start)
+            labels = tuple(lb for lb in block.labels if busy >= lb.guard.threshold)
             if labels:
-                self.ended.append(Ended(thread.name, block, end, queued, labels))
+                self.ended.append(Ended(thread.name, block, took.end, took.queued, labels))
         # Only now: ``busy`` is read without the lock, and must never see a block in neither.
         self.open_blocks -= 1
 
@@ -104,9 +106,9 @@ class Ledger:
         if block is None or label is None or now - block.start < least:
             return
         if block.reportable:
-            end, queued = block.measure(now, None, self._collecting(thread))
-            if end - block.start >= guard.threshold:
-                self.ended.append(Ended(thread.name, block, end, queued, (label,)))
+            took = block.measure(now, None, self._collecting(thread))
+            if took.busy(block.start) >= guard.threshold:
+                self.ended.append(Ended(thread.name, block, took.end, took.queued, (label,)))
         block.labels.remove(label)
 
     def relabel(self, threads: Iterable[LoopThread], guard: LoopGuard) -> None:
@@ -123,7 +125,7 @@ class Ledger:
         now = _clocks.now()
         for thread in threads:
             run = thread.run
-            unit = run.unit(frames.get(thread.ident)) if run is not None else None
+            unit = run.unit(walk(frames.get(thread.ident), thread.greenlet)) if run else None
             if thread.block is None and run is not None and unit is not None:
                 self.open(thread, run, unit, now, guards)
         del frames
@@ -138,7 +140,8 @@ class Ledger:
         for thread in threads:
             run = thread.run
             if thread.block is not None:
-                self.settle(thread, run.unit(frames.get(thread.ident)) if run else None, now)
+                top = frames.get(thread.ident)
+                self.settle(thread, run.unit(walk(top, thread.greenlet)) if run else None, now)
         del frames
 
     def flush(self) -> None:

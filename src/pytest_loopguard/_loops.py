@@ -45,6 +45,8 @@ class LoopThread:
     block: Any = None  # the unit of work the watchdog saw running (a _block.Block)
     beat_ran: float = float("-inf")  # when a beat or tick last ran on its loop
     restore_debug: list[Callable[[], None]] = field(default_factory=list)
+    greenlet: Any = None  # the greenlet running on it now, kept by a trace (see _greenlets)
+    tracer: Any = None
 
     @classmethod
     def current(cls) -> LoopThread:
@@ -59,8 +61,9 @@ class LoopThread:
         return self.runs[-1] if self.runs else None
 
     def beat(self) -> None:
-        """Runs on the loop's thread, so only while no unit holds the loop. Lock-free on
-        purpose: plain attribute stores, and a tick must never wait for the watchdog."""
+        """Runs on the loop's thread, so only while no unit holds the loop (or a unit runs the
+        loop itself, nested, and so let go of it). Lock-free on purpose: plain attribute
+        stores, and a tick must never wait for the watchdog."""
         now = _clocks.now()
         self.beat_ran = now
         block = self.block

@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Generator
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
-from . import _settings, _summary
+from . import _debugger, _settings, _summary
 from ._events import BlockEvent, LoopBlockedError, LoopguardError, LoopHangError
 from ._guard import LoopGuard
 from ._settings import Settings
@@ -27,7 +28,16 @@ _SECTION = "event loop blocked (pytest-loopguard)"
 class TestRun:
     """One test's view of the session's guard, and what has been decided about it so far."""
 
-    __slots__ = ("call_error", "guard", "item", "judged", "mark", "settings", "verdicts")
+    __slots__ = (
+        "call_error",
+        "debugged",
+        "guard",
+        "item",
+        "judged",
+        "mark",
+        "settings",
+        "verdicts",
+    )
 
     def __init__(self, item: pytest.Item, settings: Settings, guard: LoopGuard) -> None:
         self.item, self.settings, self.guard = item, settings, guard
@@ -35,6 +45,7 @@ class TestRun:
         self.judged = 0  # how many of the guard's events earlier verdicts have seen
         self.mark: int | None = None  # events before teardown: the rest get fixture names
         self.call_error: BaseException | None = None
+        self.debugged = False  # pdb was entered during it
 
 
 class Watch:
@@ -101,6 +112,14 @@ class Watch:
         self._decorate(run, report, error)
         return report
 
+    def pytest_enter_pdb(self) -> None:
+        """pdb took over (``breakpoint()``, ``--pdb``, ``--trace``): the loop is held by someone
+        reading its prompt. This test's blocks are not failed, and for the rest of the session
+        the hang guard stands down (like pytest-timeout's)."""
+        if self.current is not None:
+            self.current.debugged = True
+        self.guard.timeout = None
+
     def _start_teardown(self, run: TestRun) -> None:
         # Blocks from now on happen in teardown; the ones after ``mark`` get fixture names.
         self.guard.set_context("teardown")
@@ -121,7 +140,11 @@ class Watch:
         mine = [e for e in events if e.phase == phase]
         if not mine:
             return NOTHING
-        verdict = run.verdicts[phase] = judge(mine, run.settings)
+        settings = run.settings
+        debugger = "pdb" if run.debugged else _debugger.attached()  # attached mid-session?
+        if debugger and not settings.debugger:
+            settings = replace(settings, debugger=debugger)
+        verdict = run.verdicts[phase] = judge(mine, settings)
         return verdict
 
     def end_phase(self, item: pytest.Item, phase: str) -> None:

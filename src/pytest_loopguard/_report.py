@@ -75,11 +75,20 @@ def _cpu_line(event: BlockEvent) -> str:
     if bound is None or event.cpu_time is None:
         line = f"wall {event.duration:.2f} s; thread CPU time unknown on this platform"
     else:
-        kind = "CPU-bound" if bound else "waiting (not on the CPU)"
-        line = f"wall {event.duration:.2f} s, CPU {event.cpu_time:.2f} s: {kind}"
+        line = f"wall {event.duration:.2f} s, CPU {event.cpu_time:.2f} s: {_kind(event, bound)}"
     if event.cpu_wait >= 0.005:
         line += f" (and {event.cpu_wait:.2f} s more waiting for a CPU: a busy machine, not counted)"
     return line
+
+
+def _kind(event: BlockEvent, cpu_bound: bool) -> str:
+    others = event.other_cpu
+    if cpu_bound:
+        return "CPU-bound"
+    if others is not None and others >= 0.5 * event.duration:
+        # The loop thread waited while other threads worked (argon2's lanes, a thread pool).
+        return f"waiting on native work ({others:.2f} s of CPU in other threads)"
+    return "waiting (not on the CPU)"
 
 
 def _stack_lines(event: BlockEvent, root: Path | None) -> list[str]:
@@ -148,13 +157,23 @@ def hang_error(
     return blocked_error(hangs, root) if hangs else error
 
 
-def header(threshold: float, source: str, debug: bool, timeout: float | None, strict: bool) -> str:
+def header(
+    threshold: float,
+    source: str,
+    debug: bool,
+    timeout: float | None,
+    strict: bool,
+    debugger: str | None = None,
+) -> str:
     """The one line the run's header shows, so a CI log says what was in force."""
     shown_timeout = "off" if timeout is None else f"{timeout:g}s"
-    return (
+    line = (
         f"loopguard: threshold={threshold:g}s ({source}), loop-debug={_on(debug)}, "
         f"timeout={shown_timeout}, strict={_on(strict)}"
     )
+    if debugger:
+        line += f" — a debugger ({debugger}) drives this run: blocks are recorded, not failed"
+    return line
 
 
 def _on(flag: bool) -> str:

@@ -72,6 +72,9 @@ class Settings:
     strict: bool = False
     allow_blocking: bool = False
     allow_reason: str | None = None
+    # A debugger drives this session (--pdb, --trace, an IDE's): blocks are recorded, not failed,
+    # and the hang guard is off. Named here for the header.
+    debugger: str | None = None
 
 
 SETTINGS_KEY = pytest.StashKey[Settings]()
@@ -130,7 +133,9 @@ def resolve(config: pytest.Config) -> Settings:
     )
     mode, report = _mode(config), _report(config)
     allow = tuple(parse_allow(line) for line in config.getini("loop_block_allow") if line.strip())
+    debugger, timeout = _debugger_of(config), _timeout(config, threshold)
     return Settings(
+        debugger=debugger,
         threshold=threshold,
         threshold_source=source,
         debug=_flag(config, "loop_debug"),
@@ -138,9 +143,18 @@ def resolve(config: pytest.Config) -> Settings:
         mode=mode,
         report=report,
         allow=allow,
-        timeout=_timeout(config, threshold),
+        timeout=None if debugger else timeout,
         strict=_flag(config, "loop_block_strict"),
     )
+
+
+def _debugger_of(config: pytest.Config) -> str | None:
+    from ._debugger import attached
+
+    for flag, name in (("usepdb", "--pdb"), ("trace", "--trace")):
+        if config.getoption(flag, False):
+            return name
+    return attached()
 
 
 def parse_timeout(raw: object, source: str, threshold: float) -> float | None:

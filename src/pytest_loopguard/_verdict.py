@@ -34,8 +34,9 @@ NOTHING = Verdict()
 
 
 def allows(settings: Settings, event: BlockEvent) -> bool:
-    """Whether a block is allowed: by a marker, by ``loopguard.allow()``, or by the allowlist."""
-    if settings.allow_blocking or event.allowed:
+    """Whether a block is allowed: by a marker, by ``loopguard.allow()``, by the allowlist, or
+    because a debugger held the loop (someone was reading a prompt)."""
+    if settings.allow_blocking or event.allowed or event.debugger or settings.debugger:
         return True
     return any(rule.matches(*frame) for frame in event.through for rule in settings.allow)
 

@@ -15,8 +15,9 @@ from dataclasses import replace
 from types import FrameType
 from typing import TYPE_CHECKING
 
-from . import _clocks
+from . import _clocks, _debugger
 from ._frames import describe
+from ._greenlets import walk
 
 if TYPE_CHECKING:
     from ._backend import LoopRun
@@ -131,12 +132,13 @@ class Watchdog:
 
     def _look(self, thread: LoopThread, run: LoopRun, top: FrameType | None, now: float) -> None:
         engine = self._engine
-        unit = run.unit(top)
+        unit = run.unit(walk(top, thread.greenlet))
         engine.ledger.settle(thread, unit, now)
         if unit is not None:
             block: Block = thread.block or engine.ledger.open(thread, run, unit, now, engine.guards)
             if block.seen(now, engine.threshold):
-                block.observe(run.stack(top), engine.filter)
+                stack = run.stack(walk(top, thread.greenlet))
+                block.observe(stack, engine.filter, engine.gc.automatic(thread.ident))
             for label in block.labels:
                 if label.guard.allowing(thread.ident):
                     label.allowed = True
@@ -153,17 +155,19 @@ class Watchdog:
         block.cpu_last = cpu
         if not block.armed:
             return  # the rest drops the GIL: only for a block that may get a verdict
-        queued = thread.queued()
+        queued, others = thread.queued(), (_clocks.process_cpu(), _clocks.own_cpu(), cpu or 0.0)
         if block.queued_first is None:
-            block.queued_first, block.queued_since = queued, now
-        block.queued_last = queued
+            block.queued_first, block.queued_since, block.others = queued, now, others
+        block.queued_last, block.others_last = queued, others
         if block.beat is None:
             # A late look must not stretch a block: the beat runs right after the unit and
             # bounds its end even when a busy loop keeps the watchdog from the GIL.
             block.beat = now
             run.post(thread.beat)
         timeout = min((lb.guard.timeout for lb in block.labels if lb.guard.timeout), default=None)
-        if not block.hung and timeout is not None and now - block.start >= timeout:
+        late = timeout is not None and now - block.start >= timeout and not block.hung
+        # Not at a debugger's prompt: someone is reading it, not stuck.
+        if late and not _debugger.in_frames(walk(top, thread.greenlet)):
             self._interrupt(thread, run, block, top, now)
 
     def _interrupt(
@@ -173,7 +177,7 @@ class Watchdog:
         from ._block import for_label
 
         block.hung = True
-        full = tuple(describe(f, n) for f, n in run.stack(top))
+        full = tuple(describe(f, n) for f, n in run.stack(walk(top, thread.greenlet)))
         event = block.event(now, 0.0, thread.name)
         event = replace(event, stack=tuple(reversed(full)), timed_out=True)
         for label in block.labels:

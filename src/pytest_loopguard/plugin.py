@@ -69,7 +69,7 @@ def pytest_report_header(config: pytest.Config) -> str:
     from . import _report  # the text layer: imported when needed
 
     s = config.stash[SETTINGS_KEY]
-    return _report.header(s.threshold, s.threshold_source, s.debug, s.timeout, s.strict)
+    return _report.header(s.threshold, s.threshold_source, s.debug, s.timeout, s.strict, s.debugger)
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
