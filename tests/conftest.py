@@ -132,3 +132,19 @@ def db_url(request: pytest.FixtureRequest, pytester: pytest.Pytester) -> str:
         return f"sqlite+aiosqlite:///{pytester.path / 'test.db'}"
     url: str = request.getfixturevalue("postgres_url")
     return url
+
+
+def run_sa(pytester: pytest.Pytester, *args: str) -> pytest.RunResult:
+    """An inner session of SQLAlchemy tests, in a fresh interpreter: in-process runs drop and
+    re-import SQLAlchemy's dialect modules, whose registries then warn (or a C driver crashes)."""
+    return run(pytester, *args, subprocess=True)
+
+
+@pytest.fixture
+def sa_project(pytester: pytest.Pytester, db_url: str, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Models, an engine and seeded data for the inner session, on ``db_url``."""
+    from sa_src import CONFTEST
+
+    monkeypatch.setenv("LOOPGUARD_TEST_DB_URL", db_url)
+    pytester.makeconftest(CONFTEST)
+    return db_url

@@ -4,23 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from conftest import run, write_ini
-from sa_src import CONFTEST
+from conftest import run_sa, write_ini
 
 pytest.importorskip("sqlalchemy")
-
-
-def run_sa(pytester: pytest.Pytester, *args: str) -> pytest.RunResult:
-    # A fresh interpreter per inner session: in-process runs drop and re-import SQLAlchemy's
-    # dialect modules, whose registries then warn (or a C driver crashes).
-    return run(pytester, *args, subprocess=True)
-
-
-@pytest.fixture
-def sa_project(pytester: pytest.Pytester, db_url: str, monkeypatch: pytest.MonkeyPatch) -> str:
-    monkeypatch.setenv("LOOPGUARD_TEST_DB_URL", db_url)
-    pytester.makeconftest(CONFTEST)
-    return db_url
 
 
 def test_lazy_relationship_load_raises_before_any_sql(

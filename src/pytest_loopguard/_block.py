@@ -19,21 +19,27 @@ from ._events import BlockEvent
 from ._frames import FrameFilter, Sample, Stack, first_user, resolve, sample
 
 _IMPORT_MACHINERY = "<frozen importlib._bootstrap"
-_COLLECTION: tuple[CodeType, int] = (compile("", "<collection>", "exec"), 0)  # a sample's key
+_LANDING = 2  # at most this many collections in a block may have merely landed in it
+_STARVED = 0.02  # a gap between the last look and the beat this long: the looks were kept away
 
 
 @dataclass(frozen=True)
 class Measured:
     """A block's end (less first imports and waiting for a CPU), the seconds it waited for a
-    CPU, and the seconds of automatic garbage collection in it."""
+    CPU, and the seconds and count of automatic garbage collections in it."""
 
     end: float
     queued: float
     collected: float
+    collections: int
 
-    def busy(self, start: float) -> float:
-        """What the block's own code took: a block only if this reaches the threshold."""
-        return self.end - start - self.collected
+    def counts(self, start: float, threshold: float) -> bool:
+        """Whether the block reaches ``threshold``. Its collections count: a callback that
+        allocates much sets off many, part of what it costs. One or two in a callback that
+        is short without them merely landed there (a big heap, counters nearly full)."""
+        took = self.end - start
+        landed = self.collections <= _LANDING
+        return took >= threshold and (not landed or took - self.collected >= threshold)
 
 
 @dataclass(eq=False)
@@ -98,12 +104,8 @@ class Block:
         self.armed = now - self.start >= threshold / 2
         return self.armed
 
-    def observe(self, stack: Stack, user: FrameFilter, collecting: bool = False) -> None:
-        """Count the line the loop thread is on, in ``stack`` (sampled right after ``seen``);
-        during an automatic collection, the time only: what runs then names no line."""
-        if collecting:
-            self.counts[_COLLECTION] += 1
-            return
+    def observe(self, stack: Stack, user: FrameFilter) -> None:
+        """Count the line the loop thread is on, in ``stack`` (sampled right after ``seen``)."""
         if self._sample(stack, user):
             # A first import runs once per process, not per request: the time the looks found
             # it importing is left out, like garbage collection (an import is not a bug to fix).
@@ -121,20 +123,18 @@ class Block:
             self.examples[key] = sample(stack, user, user_filter)
         return any(f.f_code.co_filename.startswith(_IMPORT_MACHINERY) for f, _ in stack)
 
-    def _headline_key(self) -> tuple[CodeType, int]:
-        lines = [(key, n) for key, n in self.counts.most_common() if key is not _COLLECTION]
-        return lines[0][0]
-
     @property
     def reportable(self) -> bool:
         # Unarmed: it had run under half the threshold when last seen. A look that came late
         # proves nothing: a busy loop thread that releases the GIL around every select() and
         # takes it straight back can keep the watchdog waiting for it.
-        has_line = any(key is not _COLLECTION for key in self.counts)
-        return has_line and self.armed and not self.hung and bool(self.labels)
+        return bool(self.counts) and self.armed and not self.hung and bool(self.labels)
 
     def measure(
-        self, now: float, ended_by: float | None, collecting: Callable[[float, float], float]
+        self,
+        now: float,
+        ended_by: float | None,
+        collecting: Callable[[float, float], tuple[float, int]],
     ) -> Measured:
         """How long the block held the loop, last seen running and gone at ``now``.
 
@@ -143,14 +143,20 @@ class Block:
         in the duration, but not towards the threshold (see ``Measured.busy``).
         """
         gone = now if ended_by is None else max(self.last_seen, min(now, ended_by))
-        end = (self.last_seen + gone) / 2 - self.importing
+        end = (self.last_seen + gone) / 2
+        if ended_by is not None and gone - self.last_seen > _STARVED:
+            # The looks were kept away (C code held the GIL): the beat, which ran right after
+            # the unit let go of the loop, is a far better end than halfway to it.
+            end = gone
+        end -= self.importing
         queued = _run_queue_wait(self, end - self.start)
-        return Measured(end - queued, queued, collecting(self.start, end))
+        return Measured(end - queued, queued, *collecting(self.start, end))
 
     def event(self, end: float, queued: float, thread: str) -> BlockEvent:
         """The block as an event, for no guard in particular (see ``for_label``)."""
         duration = end - self.start
-        found = self.examples[self._headline_key()]
+        ((key, _),) = self.counts.most_common(1)
+        found = self.examples[key]
         frame, stack = resolve(found.top), tuple(resolve(f) for f in found.users)
         cpu_time = _cpu_time(self, duration + queued)
         ratio = None if cpu_time is None else cpu_time / duration

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import os
 import sys
 import threading
@@ -27,7 +28,8 @@ def loop_time_offset() -> float:
 process_cpu = time.process_time  # all threads of the process
 own_cpu = time.thread_time  # the calling thread's (the watchdog's, to leave its own work out)
 CpuClock = Callable[[], float]
-Collecting = Callable[[float, float], float]  # seconds of GC on a thread between two times
+# Seconds and count of automatic collections on a thread between two times.
+Collecting = Callable[[float, float], tuple[float, int]]
 
 
 def cpu_clock(ident: int) -> CpuClock | None:
@@ -80,19 +82,23 @@ class RunQueueClock:
 class GcLog:
     """The recent automatic garbage collections of each thread, while the engine is watching.
 
-    A collection stalls only its own thread's loop. One that a callback's own allocations set
-    off is part of what the callback costs, and counts in its duration; but a callback that is
-    short without it is not a block (a collection merely landed in it), so the verdict leaves
-    these spans out. An explicit ``gc.collect()`` is the code's own call: never left out, and
-    not kept here. Spans are tuples, replaced rather than grown: a collection can start while a
-    reader sums them (it allocates).
+    A collection stalls only its own thread's loop. The collections a callback's allocations
+    set off are part of what it costs, and count in its duration. But one can also land in a
+    callback that is short without it (the heap was big, the counters nearly full): the spans
+    kept here let the verdict tell the two apart (``Measured.counts``). An explicit
+    ``gc.collect()`` is the code's own call: never left out, and not kept here. Spans are
+    tuples, replaced rather than grown: a collection can start while a reader sums them.
     """
 
     def __init__(self) -> None:
         self.watching = False
         self._spans: dict[int, tuple[tuple[float, float], ...]] = {}
-        # Collections running now, by thread: (start, whether gc.collect() was called).
-        self._running: dict[int, tuple[float, bool]] = {}
+        # Collections running now, by thread: (start, the frame that called gc.collect() or
+        # None for an automatic one, the frame that was running when it started).
+        self._running: dict[int, tuple[float, Any, Any]] = {}
+        # Told of each explicit collection as it ends, on its thread (start, end, caller): the
+        # watchdog cannot look during one, and the callback may end right after it.
+        self.on_explicit: Callable[[float, float, Any], None] | None = None
 
     def on_gc(self, phase: str, info: dict[str, Any]) -> None:
         """The ``gc.callbacks`` entry; runs with the GIL held, so needs no lock."""
@@ -100,34 +106,50 @@ class GcLog:
             return
         ident = threading.get_ident()
         if phase == "start":
-            self._running[ident] = (now(), info.get("generation") == 2 and _explicit())
+            trigger = _caller()
+            explicit = info.get("generation") == 2 and _asked_for(trigger)
+            self._running[ident] = (now(), trigger if explicit else None, trigger)
             return
         started = self._running.pop(ident, None)
-        if started is not None and not started[1]:
+        if started is None:
+            return
+        if started[1] is None:
             recent = self._spans.get(ident, ())[-255:]
             self._spans[ident] = (*recent, (started[0], now()))
+        elif self.on_explicit is not None:
+            self.on_explicit(started[0], now(), started[1])
 
-    def automatic(self, ident: int) -> bool:
-        """Whether an automatic collection runs on thread ``ident`` right now: frames a sample
-        finds then (finalizers, gc callbacks) ran only because of it, and name no line."""
+    def sampling_top(self, ident: int, top: Any) -> Any:
+        """Where a sample of thread ``ident``, now at ``top``, should start: during a
+        collection, at the frame that set it off, since the frames above it (finalizers,
+        ``gc.callbacks``) ran only because it happened and name no line of the code's."""
         running = self._running.get(ident)
-        return running is not None and not running[1]
+        if running is not None:
+            return running[2]
+        # A gc callback runs before our start or after our stop (the list's order).
+        codes = {getattr(getattr(cb, "__func__", cb), "__code__", None) for cb in gc.callbacks}
+        return top.f_back if top is not None and top.f_code in codes else top
 
-    def collecting(self, ident: int, start: float, end: float) -> float:
-        """Seconds of automatic collection on thread ``ident`` between ``start`` and ``end``."""
-        spans = self._spans.get(ident, ())
-        return sum(max(0.0, min(b, end) - max(a, start)) for a, b in spans)
+    def collecting(self, ident: int, start: float, end: float) -> tuple[float, int]:
+        """Seconds and count of automatic collections on ``ident`` between ``start`` and
+        ``end``."""
+        spans = [(a, b) for a, b in self._spans.get(ident, ()) if b > start and a < end]
+        return sum(min(b, end) - max(a, start) for a, b in spans), len(spans)
 
     def clear(self) -> None:
         self._spans.clear()
         self._running.clear()
 
 
-def _explicit() -> bool:
-    """Whether the collection starting now was asked for by the Python code on this thread
-    (``gc.collect()`` makes a full collection; the frame that called it names ``collect``)."""
+def _caller() -> Any:
+    """The frame that was running when the collection starting now began."""
     try:
-        caller = sys._getframe(2)  # 0: here, 1: on_gc, 2: the code running when it started
+        return sys._getframe(2)  # 0: here, 1: on_gc, 2: the code running when it started
     except ValueError:
-        return False
-    return "collect" in caller.f_code.co_names
+        return None
+
+
+def _asked_for(frame: Any) -> bool:
+    """Whether ``frame`` called ``gc.collect()`` (a full collection, from a frame that names
+    ``collect``) rather than allocated its way into an automatic one."""
+    return frame is not None and "collect" in frame.f_code.co_names

@@ -14,9 +14,11 @@ import asyncio
 import gc
 import sys
 import threading
+from types import FrameType
 from typing import TYPE_CHECKING
 
 from . import _clocks
+from ._block import Label
 from ._frames import FrameFilter
 from ._greenlets import trace as trace_greenlets
 from ._greenlets import untrace as untrace_greenlets
@@ -107,6 +109,7 @@ class Engine:
     def _install(self) -> None:
         try:
             self.registry.install()
+            self.gc.on_explicit = self._explicit_collection
             gc.callbacks.append(self.gc.on_gc)
             self.watchdog.start()
         except BaseException:
@@ -189,8 +192,6 @@ class Engine:
             self.ledger.take_over(others, self.guards)
         mine = self.registry.threads.get(here)
         if mine is not None and mine.block is not None:
-            from ._block import Label
-
             mine.block.labels.append(Label(guard, guard.phase, guard.fixture))
 
     def relabel(self, guard: LoopGuard) -> None:
@@ -262,6 +263,22 @@ class Engine:
         if thread.block is not None:
             with self.ledger.lock:
                 self.ledger.close(thread, _clocks.now())
+
+    def _explicit_collection(self, start: float, end: float, caller: FrameType) -> None:
+        """On the loop thread, right after a ``gc.collect()``: a long one is a block at its
+        line, even when the callback ends before the watchdog can look (the collection held
+        the GIL throughout)."""
+        thread = self.registry.threads.get(threading.get_ident())
+        run = thread.run if thread is not None else None
+        if thread is None or run is None or not self.guards or end - start < self.threshold / 2:
+            return
+        from ._greenlets import here, walk
+
+        frames = list(walk(caller, here()))
+        unit = run.unit(frames)
+        if unit is not None:
+            with self.ledger.lock:
+                self.ledger.held(thread, run, unit, (start, end), run.stack(frames), self)
 
     def tick_period(self) -> float:
         return min(max(self.threshold / 10, 0.001), 0.01)

@@ -12,14 +12,15 @@ import sys
 import threading
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from . import _clocks
+from ._block import Block, Label, for_label
 from ._greenlets import walk
 
 if TYPE_CHECKING:
     from ._backend import LoopRun
-    from ._block import Block, Label
+    from ._frames import Stack
     from ._guard import LoopGuard
     from ._loops import LoopThread
 
@@ -60,17 +61,17 @@ class Ledger:
         unit: object,
         now: float,
         guards: Iterable[LoopGuard],
+        since: tuple[float, float | None, float] | None = None,
     ) -> Block:
         """Open a block for ``unit``, first seen running on ``thread`` at ``now``, for
-        ``guards`` (each labels it with its phase and fixture of now)."""
-        from ._block import Block, Label  # imported once a block opens: a sync suite never does
-
+        ``guards`` (each labels it with its phase and fixture of now). ``since`` is
+        ``thread.opening()`` as it was at ``now`` (read now when not given)."""
         # CPU time is counted from the previous look: a block first seen when it is nearly
         # over (C code kept the watchdog waiting for the GIL) still gets a meaningful share.
-        since = max(thread.last_poll, thread.beat_ran)
+        after, cpu, cpu_since = since if since is not None else thread.opening()
         labels = [Label(g, g.phase, g.fixture) for g in guards]
-        cpu = thread.cpu_at_poll
-        block = Block(unit, run.started(unit, since, now), now, cpu, thread.last_poll, now, labels)
+        start = run.started(unit, min(after, now), now)
+        block = Block(unit, start, now, cpu, cpu_since, now, labels)
         block.needs_beat, block.cpu_last = run.needs_beat, cpu
         thread.block = block
         self.open_blocks += 1
@@ -91,12 +92,32 @@ class Ledger:
             return
         if block.reportable:
             took = block.measure(now, ended_by, self._collecting(thread))
-            busy = took.busy(block.start)
-            labels = tuple(lb for lb in block.labels if busy >= lb.guard.threshold)
+            labels = tuple(
+                lb for lb in block.labels if took.counts(block.start, lb.guard.threshold)
+            )
             if labels:
                 self.ended.append(Ended(thread.name, block, took.end, took.queued, labels))
         # Only now: ``busy`` is read without the lock, and must never see a block in neither.
         self.open_blocks -= 1
+
+    def held(
+        self,
+        thread: LoopThread,
+        run: LoopRun,
+        unit: object,
+        span: tuple[float, float],
+        stack: Stack,
+        engine: Any,
+    ) -> None:
+        """``unit`` held the loop at least over ``span`` in C code that kept the watchdog from
+        looking (an explicit collection), at the line ``stack`` ends in: count it as a look."""
+        block = thread.block
+        if block is None or block.unit is not unit:
+            self.settle(thread, unit, span[1])
+            block = self.open(thread, run, unit, span[1], engine.guards)
+        block.start = min(block.start, span[0])
+        if block.seen(span[1], engine.threshold):
+            block.observe(stack, engine.filter)
 
     def release(self, thread: LoopThread, guard: LoopGuard, now: float, least: float) -> None:
         """What ``thread``'s block (running ``least`` seconds or more) did so far counts for
@@ -107,7 +128,7 @@ class Ledger:
             return
         if block.reportable:
             took = block.measure(now, None, self._collecting(thread))
-            if took.busy(block.start) >= guard.threshold:
+            if took.counts(block.start, guard.threshold):
                 self.ended.append(Ended(thread.name, block, took.end, took.queued, (label,)))
         block.labels.remove(label)
 
@@ -147,8 +168,6 @@ class Ledger:
     def flush(self) -> None:
         """Make the ended blocks events. They leave ``ended`` only once recorded: ``busy`` is
         read without the lock, and resolving source lines lets other threads run meanwhile."""
-        from ._block import for_label
-
         ended = list(self.ended)
         for item in ended:
             event = item.block.event(item.end, item.queued, item.thread)

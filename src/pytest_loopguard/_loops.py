@@ -70,6 +70,11 @@ class LoopThread:
         if block is not None:
             block.beaten(now)
 
+    def opening(self) -> tuple[float, float | None, float]:
+        """For a block opened now: when the thread was last seen free (a look or a tick), its
+        CPU time then, and when that was read."""
+        return max(self.last_poll, self.beat_ran), self.cpu_at_poll, self.last_poll
+
     def queued(self) -> float | None:
         """The thread's run-queue wait so far, opening its clock on first use."""
         if self.queue_clock is None and not self.queue_tried and self.native_id is not None:

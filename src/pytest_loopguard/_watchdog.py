@@ -16,14 +16,20 @@ from types import FrameType
 from typing import TYPE_CHECKING
 
 from . import _clocks, _debugger
+
+# Imported here, on the main thread, never lazily on the watchdog's: an import there can run
+# pytest's assertion rewriter concurrently with the main thread's (ast is not safe for that).
+from ._block import Block, for_label
 from ._frames import describe
 from ._greenlets import walk
 
 if TYPE_CHECKING:
     from ._backend import LoopRun
-    from ._block import Block
     from ._engine import Engine
     from ._loops import LoopThread
+
+
+_STALE = 0.005  # a look that took longer than this: the watchdog lost the GIL meanwhile
 
 
 class Watchdog:
@@ -117,32 +123,59 @@ class Watchdog:
         with engine.ledger.lock:
             frames = sys._current_frames()
             now = _clocks.now()
+            # What each thread's next block would start after, read with the frames: the
+            # watchdog can lose the GIL mid-look, and a loop start meanwhile moves it on.
+            seen = [(t, t.run, frames.get(t.ident), t.opening()) for t in engine.registry.running()]
             looked = []
-            for thread in engine.registry.running():
-                run, top = thread.run, frames.get(thread.ident)
+            for thread, run, top, since in seen:
                 if run is not None:
-                    self._look(thread, run, top, now)
+                    top, now = self._look(thread, run, top, now, since)
                     looked.append((thread, run, top))
             # Only once every thread is sampled: a loop thread given the GIL would move on
             # from the line its sample must name.
             for thread, run, top in looked:
                 self._after_sampling(thread, run, top, now)
-            del frames, looked
+            del frames, seen, looked
             engine.ledger.flush()
 
-    def _look(self, thread: LoopThread, run: LoopRun, top: FrameType | None, now: float) -> None:
+    def _look(
+        self,
+        thread: LoopThread,
+        run: LoopRun,
+        top: FrameType | None,
+        now: float,
+        since: tuple[float, float | None, float],
+    ) -> tuple[FrameType | None, float]:
+        """Look at ``thread`` as ``top`` showed it at ``now``; returns the (top, now) used."""
         engine = self._engine
         unit = run.unit(walk(top, thread.greenlet))
         engine.ledger.settle(thread, unit, now)
         if unit is not None:
-            block: Block = thread.block or engine.ledger.open(thread, run, unit, now, engine.guards)
-            if block.seen(now, engine.threshold):
-                stack = run.stack(walk(top, thread.greenlet))
-                block.observe(stack, engine.filter, engine.gc.automatic(thread.ident))
-            for label in block.labels:
-                if label.guard.allowing(thread.ident):
-                    label.allowed = True
+            block: Block = thread.block or engine.ledger.open(
+                thread, run, unit, now, engine.guards, since
+            )
+            self._see(thread, run, block, top, now)
+            later = _clocks.now()
+            if later - now > _STALE:
+                # The watchdog lost the GIL mid-look (a collection on the loop thread kept it):
+                # if the same unit still runs, it ran all along. Seen again, at the later time.
+                top = sys._current_frames().get(thread.ident)
+                if run.unit(walk(top, thread.greenlet)) is unit:
+                    now = later
+                    self._see(thread, run, block, top, now)
         thread.last_poll = now
+        return top, now
+
+    def _see(
+        self, thread: LoopThread, run: LoopRun, block: Block, top: FrameType | None, now: float
+    ) -> None:
+        engine = self._engine
+        if block.seen(now, engine.threshold):
+            start = engine.gc.sampling_top(thread.ident, top)
+            block.observe(run.stack(walk(start, thread.greenlet)), engine.filter)
+        for label in block.labels:
+            if label.guard.allowing(thread.ident):
+                label.allowed = True
 
     def _after_sampling(
         self, thread: LoopThread, run: LoopRun, top: FrameType | None, now: float
@@ -174,8 +207,6 @@ class Watchdog:
         self, thread: LoopThread, run: LoopRun, block: Block, top: FrameType | None, now: float
     ) -> None:
         """A hang: record it with the whole stack now, then break the loop thread out of it."""
-        from ._block import for_label
-
         block.hung = True
         full = tuple(describe(f, n) for f, n in run.stack(walk(top, thread.greenlet)))
         event = block.event(now, 0.0, thread.name)
