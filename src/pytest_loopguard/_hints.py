@@ -67,9 +67,11 @@ TESTCLIENT = Hint(
 )
 
 # The first library module the user's code called into decides the hint.
+# Decisive wherever they are among the callees: TestClient's methods are httpx's (the first
+# callee), and only further in does starlette's transport show who is calling.
+_ANYWHERE: tuple[tuple[str, Hint], ...] = (("starlette.testclient", TESTCLIENT),)
+
 _BY_MODULE: tuple[tuple[str, Hint], ...] = (
-    ("starlette.testclient", TESTCLIENT),  # before httpx, which it calls
-    ("fastapi.testclient", TESTCLIENT),
     ("argon2", PASSWORD),
     ("bcrypt", PASSWORD),
     ("passlib", PASSWORD),
@@ -159,6 +161,9 @@ def classify(
     if bridged:
         kept = [m for m in callees if not m.startswith(("sqlalchemy", "greenlet"))]
         return in_bridge(classify(line, kept, cpu_ratio))
+    for prefix, decisive in _ANYWHERE:
+        if any(m == prefix or m.startswith(prefix + ".") for m in callees):
+            return decisive
     for module in callees:
         hint = for_module(module)
         if hint is not None:

@@ -1,0 +1,82 @@
+"""Hints where the generic one misleads: password hashing, the sync TestClient, native work."""
+
+from __future__ import annotations
+
+import pytest
+
+from conftest import blocked, run
+from pytest_loopguard import _hints
+
+
+@pytest.mark.parametrize(
+    ("line", "callees", "key"),
+    [
+        ("ph.verify(hashed, password)", ("argon2._password_hasher",), "password-hash"),
+        ("password_hash.verify(password, hashed)", ("pwdlib._hash", "argon2"), "password-hash"),
+        ("pwd_context.verify(password, hashed)", ("passlib.context",), "password-hash"),
+        ("bcrypt.checkpw(password, hashed)", (), "password-hash"),
+        ("bcrypt.hashpw(password, bcrypt.gensalt())", (), "password-hash"),
+        ("client.get('/users')", ("starlette.testclient", "httpx._client"), "testclient"),
+        ("client.get('/users')", ("httpx._client",), "http"),
+    ],
+)
+def test_hint_table(line: str, callees: tuple[str, ...], key: str) -> None:
+    assert _hints.classify(line, callees, 0.0).key == key
+
+
+def test_password_hashing_on_the_loop_says_to_hash_in_a_thread(pytester: pytest.Pytester) -> None:
+    pytest.importorskip("argon2")
+    pytester.makepyfile(
+        test_login="""
+        from argon2 import PasswordHasher
+
+        password_hash = PasswordHasher(time_cost=10, memory_cost=65536, parallelism=4)
+
+        async def test_login():
+            assert password_hash.verify(password_hash.hash("s3cret"), "s3cret")
+        """
+    )
+    result = run(pytester)
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines(
+        [
+            blocked("test_login.py:6 in test_login"),
+            "*password_hash.verify(password_hash.hash(*",
+            "fix: password hashing is slow on purpose (that is its security), and it holds the "
+            "loop — use `await asyncio.to_thread(password_hash.verify, password, hashed)` (and "
+            "the same for `.hash(...)`)",
+            # argon2 runs its lanes in threads of its own while the loop thread waits for them.
+            "wall * s, CPU * s: waiting on native work (* s of CPU in other threads)*",
+        ]
+    )
+
+
+def test_the_sync_test_client_in_an_async_test(pytester: pytest.Pytester) -> None:
+    pytest.importorskip("fastapi")
+    pytester.makepyfile(
+        test_client="""
+        import asyncio
+        from fastapi import FastAPI
+        from fastapi.testclient import TestClient
+
+        app = FastAPI()
+
+        @app.get("/slow")
+        async def slow():
+            await asyncio.sleep(0.3)
+            return {"ok": True}
+
+        async def test_uses_the_sync_client():
+            assert TestClient(app).get("/slow").json() == {"ok": True}
+        """
+    )
+    # Starlette deprecates its TestClient on httpx (for httpx2): a warning, not this test's.
+    result = run(pytester, "-W", "ignore::DeprecationWarning", subprocess=True)
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines(
+        [
+            blocked("test_client.py:13 in test_uses_the_sync_client"),
+            "fix: the sync `TestClient` inside an `async def` test blocks this loop while the app "
+            "runs — use `httpx.AsyncClient(transport=httpx.ASGITransport(app=app))` in async tests",
+        ]
+    )
