@@ -99,7 +99,9 @@ def test_collections_a_callback_causes_count_in_its_duration(pytester: pytest.Py
     result.stdout.fnmatch_lines([blocked("test_bulk.py:7 in *")])  # <listcomp> before 3.12
     took = json.loads((pytester.path / "took.json").read_text())
     [block] = json.loads((pytester.path / "blocks.json").read_text())["blocks"]
-    assert abs(block["duration"] - took) <= 0.1 * took, (block["duration"], took)
+    # A busy machine's CPU wait is left out of the duration and reported on its own.
+    held = block["duration"] + block["cpu_wait"]
+    assert abs(held - took) <= 0.1 * took, (block["duration"], block["cpu_wait"], took)
 
 
 VENDOR = """

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import pytest
 
-from conftest import ASYNCIO, write_ini
+from conftest import ASYNCIO, assert_usage_error, write_ini
 
 BLOCKS = """
 import time
@@ -127,3 +127,55 @@ def test_sqlalchemy_guards(pytester: pytest.Pytester, ini: str, marker: str, gua
     result = pytester.runpytest(*ASYNCIO, "-s")
     result.assert_outcomes(passed=1)
     result.stdout.fnmatch_lines([f"*GUARDED {guarded}"])
+
+
+OTHER_ANNOTATOR = ("-p", "pytest_github_actions_annotate_failures")
+
+
+@pytest.mark.parametrize(
+    ("ini", "cli", "ours"),
+    [
+        ("", [], True),
+        ("", [*OTHER_ANNOTATOR], False),
+        ("", [*OTHER_ANNOTATOR, "--loop-block-annotations"], True),
+        ("loop_block_annotations = true", [*OTHER_ANNOTATOR], True),
+        ("loop_block_annotations = false", [], False),
+        ("loop_block_annotations = false", ["--loop-block-annotations"], True),
+        ("loop_block_annotations = true", ["--no-loop-block-annotations"], False),
+        ("loop_block_annotations = auto", [], True),
+    ],
+    ids=[
+        "default-on",
+        "default-off-beside-the-other-annotator",
+        "cli-on-beats-auto",
+        "ini-on-beats-auto",
+        "ini-off",
+        "cli-on-beats-ini-off",
+        "cli-off-beats-ini-on",
+        "ini-auto",
+    ],
+)
+def test_annotations(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, ini: str, cli: list[str], ours: bool
+) -> None:
+    """Auto (the default) stands down only beside pytest-github-actions-annotate-failures, which
+    annotates the same block at the same line; a value set anywhere beats auto."""
+    pytest.importorskip("pytest_github_actions_annotate_failures")
+    monkeypatch.setenv("GITHUB_ACTIONS", "true")
+    write_ini(pytester, "auto", ini)
+    pytester.makepyfile(BLOCKS)
+    result = pytester.runpytest_subprocess(*ASYNCIO, *cli)
+    result.assert_outcomes(failed=1)
+    found = [line for line in result.outlines if "title=pytest-loopguard::" in line]
+    assert len(found) == int(ours), result.outlines
+
+
+def test_a_bad_annotations_value_names_auto_among_the_valid_ones(pytester: pytest.Pytester) -> None:
+    write_ini(pytester, "auto", "loop_block_annotations = sometimes")
+    pytester.makepyfile(BLOCKS)
+    result = pytester.runpytest(*ASYNCIO)
+    assert_usage_error(
+        result,
+        "'sometimes' from ini loop_block_annotations is not a valid boolean: "
+        "expected one of auto, 1, true, *",
+    )

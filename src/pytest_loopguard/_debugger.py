@@ -50,3 +50,16 @@ def in_stack(through: Iterable[tuple[str, str, str]]) -> bool:
 def in_frames(frames: Iterable[FrameType]) -> bool:
     """Whether a live stack runs in a debugger (the hang guard must not interrupt a prompt)."""
     return any(is_debugger_module(str(f.f_globals.get("__name__", ""))) for f in frames)
+
+
+def tracer() -> str | None:
+    """The tracer that is not a debugger active in this process (coverage), by module name."""
+    for tracing in (sys.gettrace(), getattr(threading, "gettrace", lambda: None)()):
+        if tracing is not None and not is_debugger_module(_tracer_module(tracing)):
+            return _tracer_module(tracing).split(".")[0] or "a trace function"
+    monitoring = getattr(sys, "monitoring", None)
+    for tool in range(6) if monitoring is not None else ():
+        name = monitoring.get_tool(tool)  # type: ignore[union-attr]
+        if name and tool != monitoring.DEBUGGER_ID and "profil" not in str(name):  # type: ignore[union-attr]
+            return str(name)
+    return None

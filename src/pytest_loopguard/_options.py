@@ -22,7 +22,7 @@ MODE_HELP = (
     "outcome and each block becomes a PytestWarning, for adopting the plugin gradually."
 )
 REPORT_HELP = (
-    "Write every block of the run to this JSON file (schema pytest-loopguard/report, version 1; "
+    "Write every block of the run to this JSON file (schema pytest-loopguard/report, version 2; "
     "see report.schema.json in the package; an empty value on the command line turns it off)."
 )
 ALLOW_HELP = (
@@ -43,6 +43,11 @@ STRICT_HELP = (
 SQLALCHEMY_HELP = (
     "Make the loopguard_sqlalchemy fixture active for every test: lazy loads and sync engines "
     "on the event loop fail early with the fix (true/false; default false)."
+)
+ANNOTATIONS_HELP = (
+    "On GitHub Actions (GITHUB_ACTIONS=true), print one ::error (fail mode) or ::warning (warn "
+    "mode) workflow command per block, at its file and line (auto/true/false; default auto: "
+    "on unless pytest-github-actions-annotate-failures annotates them already)."
 )
 LAZY_MARKER = (
     "allow_lazy_loads: this test opts out of the loopguard_sqlalchemy guards (pytest-loopguard)."
@@ -79,6 +84,14 @@ OPTIONS = (
     Option("loop_block_report", "--loop-block-report", "PATH", "string", "", REPORT_HELP),
     Option("loop_block_timeout", "--loop-block-timeout", "SECONDS", "string", "", TIMEOUT_HELP),
     Option("loop_block_strict", "--loop-block-strict", None, "string", "false", STRICT_HELP),
+    Option(
+        "loop_block_annotations",
+        "--loop-block-annotations",
+        None,
+        "string",
+        "auto",
+        ANNOTATIONS_HELP,
+    ),
     Option("loop_block_allow", None, None, "linelist", [], ALLOW_HELP),
     Option("loop_guard_sqlalchemy", None, None, "string", "false", SQLALCHEMY_HELP),
 )

@@ -18,6 +18,7 @@ import pytest
 from . import _debugger, _settings, _summary
 from ._events import BlockEvent, LoopBlockedError, LoopguardError, LoopHangError
 from ._guard import LoopGuard
+from ._reprs import failure_repr
 from ._settings import Settings
 from ._verdict import NOTHING, Verdict, judge
 
@@ -179,6 +180,8 @@ class Watch:
             # Plain data on the report: it reaches the summary and the JSON report, from xdist.
             blocks = _summary.as_dicts(verdict, report.nodeid, root)
             report.loopguard_blocks = blocks  # type: ignore[attr-defined]
+            report.loopguard_text = _report.render(verdict.events, root)  # type: ignore[attr-defined]
+            run.item.user_properties.extend(_summary.junit_properties(blocks))
             self.collector.add(blocks)
         hint = _known_error_hint(error) if report.failed and error is not None else None
         if hint is not None:
@@ -186,7 +189,9 @@ class Watch:
         if isinstance(error, LoopHangError):
             error = _report.hang_error(verdict.events, error, root)
         if isinstance(error, LoopguardError):
-            report.longrepr = _report.failure_repr(error, root)  # type: ignore[assignment]
+            path, lineno, _ = report.location
+            failure = _report.failure(error, root, (path, (lineno or 0) + 1))
+            report.longrepr = failure_repr(failure)
             if isinstance(error, LoopBlockedError):
                 return
         if verdict.failing and report.failed:

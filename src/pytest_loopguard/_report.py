@@ -7,7 +7,6 @@ import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
 
 from ._events import BlockEvent, LoopBlockedError, LoopguardError, LoopHangError
 from ._frames import FrameInfo
@@ -164,6 +163,7 @@ def header(
     timeout: float | None,
     strict: bool,
     debugger: str | None = None,
+    tracer: str | None = None,
 ) -> str:
     """The one line the run's header shows, so a CI log says what was in force."""
     shown_timeout = "off" if timeout is None else f"{timeout:g}s"
@@ -173,6 +173,12 @@ def header(
     )
     if debugger:
         line += f" — a debugger ({debugger}) drives this run: blocks are recorded, not failed"
+    elif tracer:
+        line += (
+            f" — a tracer ({tracer}) is active: CPU-bound code runs several times slower under "
+            "it, so a block near the threshold can flip (for coverage runs, see the README's CI "
+            "section)"
+        )
     return line
 
 
@@ -180,41 +186,39 @@ def _on(flag: bool) -> str:
     return "on" if flag else "off"
 
 
-class _Writer(Protocol):
-    def line(self, s: str = "", **markup: bool) -> None: ...
-
-
 @dataclass(frozen=True)
-class _CrashLine:
+class Failure:
+    """One of our errors as a test's failure: the whole text, its first line (the message a
+    summary or a CI annotation shows), and where to point (the blocking line)."""
+
+    text: str
     message: str
+    path: str
+    lineno: int
 
 
-class MessageRepr:
-    """A report body that is exactly our message: no plugin or pluggy frames in it."""
-
-    def __init__(self, text: str, summary: str) -> None:
-        self.text = text
-        self.reprcrash = _CrashLine(summary)
-
-    def toterminal(self, tw: _Writer) -> None:
-        for line in self.text.splitlines():
-            tw.line(line, red=line.startswith(_OURS), bold=True)
-
-    def __str__(self) -> str:
-        return self.text
-
-
-_OURS = ("LoopBlockedError", "LazyLoadError", "DetachedAccessError", "SyncEngineOnLoopError")
-
-
-def failure_repr(error: LoopguardError, root: Path | None) -> MessageRepr:
+def failure(error: LoopguardError, root: Path | None, fallback: tuple[str, int]) -> Failure:
     """How one of our errors shows as a test's failure: the verdict and the fix, nothing else
-    (SQLAlchemy's or pluggy's frames would bury them)."""
+    (SQLAlchemy's or pluggy's frames would bury them), pointing at its line (else ``fallback``,
+    the test's own)."""
     if isinstance(error, LoopBlockedError) and error.events:
-        summary = f"LoopBlockedError: {headline(error.events[0], root)}"
-        return MessageRepr(str(error), summary)
+        event = error.events[0]
+        message = f"LoopBlockedError: {headline(event, root)}"
+        return Failure(str(error), message, *_point(event.frame, root, fallback))
     text = f"{type(error).__name__}: {error}"
-    return MessageRepr(text, text.splitlines()[0])
+    where = getattr(error, "where", None)  # the SQLAlchemy guards' errors say where
+    return Failure(text, text.splitlines()[0], *_point(where, root, fallback))
+
+
+def _point(
+    frame: FrameInfo | None, root: Path | None, fallback: tuple[str, int]
+) -> tuple[str, int]:
+    if frame is None:
+        return fallback
+    return relative(frame.filename, root), frame.lineno
+
+
+OURS = ("LoopBlockedError", "LazyLoadError", "DetachedAccessError", "SyncEngineOnLoopError")
 
 
 Block = Mapping[str, object]  # one block as the JSON report has it
@@ -239,3 +243,30 @@ def summary_lines(blocks: Sequence[Block], allowed: int, shown: int = 10) -> lis
         where = _block_location(block)
         lines.append(f"{duration:6.2f} s  {where}  [{phase}]  {block['nodeid']}")
     return lines
+
+
+def annotation(block: Block) -> str:
+    """One block as a GitHub Actions workflow command: ``::error`` when it failed its test,
+    ``::warning`` in warn mode; shown on the run's page and in the diff, at its line."""
+    kind = "error" if block["verdict"] == "failed" else "warning"
+    where = block["location"]
+    hint = block["hint"]
+    assert isinstance(hint, Mapping)
+    if block["call"]:
+        what = f"blocking call {block['call']} on the event loop"
+    else:
+        duration, threshold = float(str(block["duration"])), float(str(block["threshold"]))
+        what = f"event loop blocked for {duration:.2f} s (threshold {threshold:.2f} s)"
+    text = f"{what} in {block['nodeid']} ({block['phase']})\nfix: {hint['cause']} — {hint['fix']}"
+    place = ""
+    if isinstance(where, Mapping):
+        place = f"file={_property(str(where['file']))},line={where['line']},"
+    return f"::{kind} {place}title=pytest-loopguard::{_data(text)}"
+
+
+def _data(text: str) -> str:
+    return text.replace("%", "%25").replace("\r", "%0D").replace("\n", "%0A")
+
+
+def _property(text: str) -> str:
+    return _data(text).replace(":", "%3A").replace(",", "%2C")

@@ -75,6 +75,9 @@ class Settings:
     # A debugger drives this session (--pdb, --trace, an IDE's): blocks are recorded, not failed,
     # and the hang guard is off. Named here for the header.
     debugger: str | None = None
+    tracer: str | None = None  # a tracer (coverage) slows the code down: said in the header
+    # GitHub Actions workflow commands, where GITHUB_ACTIONS=true; None: auto (see _annotations)
+    annotations: bool | None = None
 
 
 SETTINGS_KEY = pytest.StashKey[Settings]()
@@ -94,8 +97,9 @@ def parse_threshold(raw: object, source: str) -> float:
     return value
 
 
-def parse_bool(raw: object, source: str) -> bool:
-    """An ini boolean, or a UsageError naming the value, its source and the valid spellings."""
+def parse_bool(raw: object, source: str, also: tuple[str, ...] = ()) -> bool:
+    """An ini boolean, or a UsageError naming the value, its source and the valid spellings
+    (with ``also``: the other words the caller took before asking)."""
     if isinstance(raw, bool):
         return raw
     text = str(raw).strip().lower()
@@ -103,7 +107,7 @@ def parse_bool(raw: object, source: str) -> bool:
         return text in _TRUE
     raise pytest.UsageError(
         f"pytest-loopguard: {raw!r} from {source} is not a valid boolean: "
-        f"expected one of {', '.join(_TRUE + _FALSE[:-1])}"
+        f"expected one of {', '.join(also + _TRUE + _FALSE[:-1])}"
     )
 
 
@@ -125,6 +129,18 @@ def _flag(config: pytest.Config, name: str) -> bool:
     return parse_bool(config.getini(name), f"ini {name}")
 
 
+def _annotations(config: pytest.Config) -> bool | None:
+    # None is auto (the default): on, unless pytest-github-actions-annotate-failures is
+    # active, which annotates the same failures and warnings at the same lines.
+    cli = config.getoption("loop_block_annotations")
+    if cli is not None:
+        return bool(cli)
+    raw = config.getini("loop_block_annotations")
+    if str(raw).strip().lower() == "auto":
+        return None
+    return parse_bool(raw, "ini loop_block_annotations", also=("auto",))
+
+
 def resolve(config: pytest.Config) -> Settings:
     """The session's settings: CLI over ini over default (markers come in for_item)."""
     threshold, source = _threshold(config)
@@ -136,6 +152,8 @@ def resolve(config: pytest.Config) -> Settings:
     debugger, timeout = _debugger_of(config), _timeout(config, threshold)
     return Settings(
         debugger=debugger,
+        tracer=None if debugger else _tracer_of(),
+        annotations=_annotations(config),
         threshold=threshold,
         threshold_source=source,
         debug=_flag(config, "loop_debug"),
@@ -155,6 +173,12 @@ def _debugger_of(config: pytest.Config) -> str | None:
         if config.getoption(flag, False):
             return name
     return attached()
+
+
+def _tracer_of() -> str | None:
+    from ._debugger import tracer
+
+    return tracer()
 
 
 def parse_timeout(raw: object, source: str, threshold: float) -> float | None:

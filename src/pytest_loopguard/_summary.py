@@ -7,6 +7,7 @@ pytest-xdist run sees the same blocks as a serial run does.
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -17,7 +18,8 @@ from ._settings import Settings
 from ._verdict import Verdict
 
 SCHEMA = "pytest-loopguard/report"
-VERSION = 1
+VERSION = 2
+_OTHER_ANNOTATOR = "pytest_github_actions_annotate_failures"
 Block = dict[str, object]
 
 
@@ -29,7 +31,7 @@ def _frame(frame: FrameInfo, root: Path) -> Block:
 
 
 def as_dicts(verdict: Verdict, nodeid: str, root: Path) -> list[Block]:
-    """A phase's blocks as the summary and the JSON report (schema version 1) describe them."""
+    """A phase's blocks as the summary and the JSON report (schema version 2) describe them."""
     return [_as_dict(e, nodeid, verdict.of(e), root) for e in verdict.events]
 
 
@@ -40,6 +42,7 @@ def _as_dict(event: BlockEvent, nodeid: str, verdict: str, root: Path) -> Block:
         "fixture": event.fixture,
         "duration": round(event.duration, 4),
         "cpu_time": None if event.cpu_time is None else round(event.cpu_time, 4),
+        "cpu_wait": round(event.cpu_wait, 4),  # runnable, waiting for a CPU: left out of duration
         "threshold": event.threshold,
         "location": None if event.frame is None else _frame(event.frame, root),
         "stack": [_frame(f, root) for f in event.stack],
@@ -48,6 +51,25 @@ def _as_dict(event: BlockEvent, nodeid: str, verdict: str, root: Path) -> Block:
         "verdict": verdict,
         "call": event.call,
     }
+
+
+def junit_properties(blocks: list[Block]) -> list[tuple[str, object]]:
+    """Each block as JUnit ``<property>`` entries, for CI dashboards to chart (the JSON report
+    stays the full record)."""
+    found: list[tuple[str, object]] = []
+    for block in blocks:
+        where = block["location"]
+        place = f"{where['file']}:{where['line']}" if isinstance(where, dict) else ""
+        hint = block["hint"]
+        key = hint["key"] if isinstance(hint, dict) else ""
+        found += [
+            ("loopguard.duration", block["duration"]),
+            ("loopguard.location", place),
+            ("loopguard.phase", block["phase"]),
+            ("loopguard.hint", key),
+            ("loopguard.verdict", block["verdict"]),
+        ]
+    return found
 
 
 class Collector:
@@ -66,7 +88,14 @@ class Collector:
         self.blocks.extend(blocks)
 
     def pytest_terminal_summary(self, terminalreporter: pytest.TerminalReporter) -> None:
-        """After the run: how many blocks in how many tests, and the worst ten."""
+        """After the run: how many blocks in how many tests, and the worst ten; on GitHub
+        Actions, a workflow command for each, which the run's page shows at its line."""
+        if self._annotating():
+            from ._report import annotation
+
+            for block in self.blocks:
+                if block["verdict"] != "allowed":
+                    terminalreporter.write_line(annotation(block))
         if not self.blocks or self.config.get_verbosity() < -1:
             return  # like pytest's own sections: shown with -q, not with -qq
         from ._report import summary_lines
@@ -75,6 +104,19 @@ class Collector:
         terminalreporter.write_sep("=", "pytest-loopguard: event loop blocks")
         for line in summary_lines(counted, len(self.blocks) - len(counted)):
             terminalreporter.write_line(line)
+
+    def _annotating(self) -> bool:
+        # Once per block: by the process that has them all (never an xdist worker).
+        on_github = os.environ.get("GITHUB_ACTIONS") == "true"
+        return on_github and self._wanted() and not hasattr(self.config, "workerinput")
+
+    def _wanted(self) -> bool:
+        if self.settings.annotations is not None:
+            return self.settings.annotations
+        # Auto: that plugin annotates failures and warnings at their crash location, which is
+        # the blocking line: ours would be a second annotation of each block.
+        plugins = self.config.pluginmanager.get_plugins()
+        return not any(getattr(p, "__name__", "").startswith(_OTHER_ANNOTATOR) for p in plugins)
 
     def pytest_sessionfinish(self, session: pytest.Session) -> None:
         """Write the JSON report once, on the controller (an xdist worker has workerinput)."""
@@ -106,3 +148,16 @@ def distributed(config: pytest.Config) -> bool:
     """Whether this process is the controller of a pytest-xdist run (its workers run the tests)."""
     dist = getattr(config.option, "dist", "no")
     return dist != "no" and not hasattr(config, "workerinput")
+
+
+class HtmlRows:
+    """pytest-html (when installed): the block's whole message in the test's row."""
+
+    def pytest_html_results_table_html(self, report: pytest.TestReport, data: list[str]) -> None:
+        """Add the message and the stack while blocked to the row's log, unless the log shows
+        them already: the test failed on the block (a warned or allowed one has no traceback)."""
+        import html
+
+        text = getattr(report, "loopguard_text", None)
+        if text and text.splitlines()[0] not in str(report.longrepr or ""):
+            data.append(f'<pre class="loopguard">{html.escape(text)}</pre>')

@@ -47,6 +47,8 @@ def pytest_configure(config: pytest.Config) -> None:
     config.pluginmanager.register(collector, "loopguard-summary")
     if _summary.distributed(config):
         config.pluginmanager.register(_summary.Relay(collector), "loopguard-relay")
+    if config.pluginmanager.hasplugin("html"):
+        config.pluginmanager.register(_summary.HtmlRows(), "loopguard-html")
     ENGINE.acquire(strict=settings.strict, hang=settings.timeout is not None)
     watch = config.stash[_WATCH] = Watch(config, settings, collector)
     config.pluginmanager.register(watch, "loopguard-watch")
@@ -69,7 +71,8 @@ def pytest_report_header(config: pytest.Config) -> str:
     from . import _report  # the text layer: imported when needed
 
     s = config.stash[SETTINGS_KEY]
-    return _report.header(s.threshold, s.threshold_source, s.debug, s.timeout, s.strict, s.debugger)
+    shown = (s.threshold, s.threshold_source, s.debug, s.timeout, s.strict)
+    return _report.header(*shown, debugger=s.debugger, tracer=s.tracer)
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

@@ -154,6 +154,7 @@ class SQLAlchemyGuard:
                 event.remove(target, name, fn)
 
     def _record(self, kind: str, message: str, where: FrameInfo | None, error: Exception) -> None:
+        error.where = where  # type: ignore[attr-defined]  # the failure points at it
         self.violations.append(Violation(kind, message, where, error))
 
     def _on_orm_execute(self, state: ORMExecuteState) -> None:

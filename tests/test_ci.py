@@ -1,0 +1,165 @@
+"""Messages that land where people look: crash location, GitHub annotations, JUnit, pytest-html."""
+
+from __future__ import annotations
+
+import html
+import json
+import os
+import re
+import shutil
+from pathlib import Path
+
+import pytest
+
+from conftest import ASYNCIO, blocked, run, write_ini
+
+BLOCKS = """
+import time
+
+async def test_blocks():
+    time.sleep(0.3)
+
+async def test_clean():
+    pass
+"""
+HEADLINE = blocked("test_ci_suite.py:4 in ")
+
+
+def test_the_crash_location_is_the_blocking_line(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(test_ci_suite=BLOCKS)
+    result = run(pytester, "--tb=line")
+    result.assert_outcomes(failed=1, passed=1)
+    result.stdout.fnmatch_lines([f"test_ci_suite.py:4: {HEADLINE}test_blocks"])
+    result = run(pytester, "--tb=short")
+    result.stdout.fnmatch_lines([HEADLINE + "test_blocks", "    time.sleep(0.3)"])
+
+
+@pytest.mark.parametrize("mode", ["fail", "warn"])
+def test_pytest_github_actions_annotate_failures_points_at_the_blocking_line(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, mode: str
+) -> None:
+    """That plugin annotates a failure at its crash location and a warning at its line: both
+    are the blocking line. Ours stand down beside it (auto), so each block is annotated once."""
+    pytest.importorskip("pytest_github_actions_annotate_failures")
+    monkeypatch.setenv("GITHUB_ACTIONS", "true")
+    pytester.makepyfile(test_ci_suite=BLOCKS)
+    write_ini(pytester, "auto")
+    plugin = ("-p", "pytest_github_actions_annotate_failures", f"--loop-block-mode={mode}")
+    result = pytester.runpytest_subprocess(*ASYNCIO, *plugin)
+    if mode == "fail":
+        result.assert_outcomes(failed=1, passed=1)
+        expected = "::error file=test_ci_suite.py,line=4::test_blocks%0A%0A" + HEADLINE
+    else:
+        result.assert_outcomes(passed=2, warnings=1)
+        expected = "::warning file=*test_ci_suite.py,line=4::*event loop blocked for *"
+    result.stderr.fnmatch_lines([expected + "*"])
+    assert [line for line in result.outlines if line.startswith("::")] == []
+
+
+def _annotations(result: pytest.RunResult) -> list[str]:
+    return [line for line in result.outlines if line.startswith("::")]
+
+
+ANNOTATION = (
+    "::error file=test_ci_suite.py,line=4,title=pytest-loopguard::event loop blocked for 0.3* s "
+    "(threshold 0.10 s) in test_ci_suite.py::test_blocks (call)%0Afix: time.sleep blocks every "
+    "request — use `await asyncio.sleep(...)`"
+)
+
+
+@pytest.mark.parametrize("xdist", [False, True], ids=["serial", "xdist"])
+def test_github_annotations_without_any_plugin(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, xdist: bool
+) -> None:
+    pytester.makepyfile(test_ci_suite=BLOCKS)
+    write_ini(pytester, "auto")
+    extra = ("-p", "xdist", "-n", "2") if xdist else ()
+    monkeypatch.delenv("GITHUB_ACTIONS", raising=False)
+    result = pytester.runpytest_subprocess(*ASYNCIO, *extra)
+    assert _annotations(result) == []
+    monkeypatch.setenv("GITHUB_ACTIONS", "true")
+    result = pytester.runpytest_subprocess(*ASYNCIO, *extra)
+    result.assert_outcomes(failed=1, passed=1)
+    assert len(_annotations(result)) == 1  # once, even with the block found on an xdist worker
+    result.stdout.fnmatch_lines([ANNOTATION])
+    result = pytester.runpytest_subprocess(*ASYNCIO, *extra, "--loop-block-mode=warn")
+    result.stdout.fnmatch_lines([ANNOTATION.replace("::error ", "::warning ")])
+    result = pytester.runpytest_subprocess(*ASYNCIO, *extra, "--no-loop-block-annotations")
+    assert _annotations(result) == []
+
+
+def test_github_annotations_off_in_the_ini(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("GITHUB_ACTIONS", "true")
+    pytester.makepyfile(test_ci_suite=BLOCKS)
+    write_ini(pytester, "auto", "loop_block_annotations = false")
+    result = pytester.runpytest_subprocess(*ASYNCIO)
+    result.assert_outcomes(failed=1, passed=1)
+    assert _annotations(result) == []
+
+
+def test_junit_keeps_the_headline_and_gets_each_block_as_properties(
+    pytester: pytest.Pytester,
+) -> None:
+    pytester.makepyfile(test_ci_suite=BLOCKS)
+    result = run(pytester, "--junitxml=junit.xml")
+    result.assert_outcomes(failed=1, passed=1)
+    xml = (pytester.path / "junit.xml").read_text()
+    assert re.search(r'<failure message="LoopBlockedError: event loop blocked for 0\.[23]\d s', xml)
+    for prop in (
+        r'name="loopguard.duration" value="0\.[23]\d*"',  # the loop was held ~0.3 s
+        r'name="loopguard.location" value="test_ci_suite.py:4"',
+        r'name="loopguard.phase" value="call"',
+        r'name="loopguard.hint" value="sleep"',
+        r'name="loopguard.verdict" value="failed"',
+    ):
+        assert re.search(f"<property {prop}", xml), prop
+
+
+def _html_rows(page: str) -> dict[str, str]:
+    """pytest-html 4 keeps its rows as JSON in the page: each test's log, by node id."""
+    blob = re.search(r'data-jsonblob="([^"]*)"', page)
+    assert blob, "no data blob in the pytest-html page"
+    tests = json.loads(html.unescape(blob.group(1)))["tests"]
+    return {nodeid: "".join(r.get("log", "") for r in rows) for nodeid, rows in tests.items()}
+
+
+@pytest.mark.parametrize("mode", ["fail", "warn"])
+def test_pytest_html_shows_the_message_in_the_test_row(
+    pytester: pytest.Pytester, mode: str
+) -> None:
+    """Failed on a block: the row's log is the message (once). Warned: the test passed, so the
+    log has no traceback; the plugin adds the message to it."""
+    pytest.importorskip("pytest_html")
+    pytester.makepyfile(test_ci_suite=BLOCKS)
+    plugins = ("-p", "html", "-p", "html_fixtures", "-p", "metadata")
+    args = (*plugins, "--html=report.html", f"--loop-block-mode={mode}")
+    result = run(pytester, *args, subprocess=True)
+    result.assert_outcomes(**({"failed": 1, "passed": 1} if mode == "fail" else {"passed": 2}))
+    logs = _html_rows((pytester.path / "report.html").read_text())
+    log = logs["test_ci_suite.py::test_blocks"]
+    assert log.count("event loop blocked for 0.3") == 1, log
+    assert "stack while blocked (most recent call last):" in log
+    assert ('<pre class="loopguard">' in log) == (mode == "warn"), log
+    assert "event loop blocked" not in logs["test_ci_suite.py::test_clean"]
+
+
+def test_coverage_is_said_in_the_header_and_fixed_routes_stay_clean(
+    pytester: pytest.Pytester, db_url: str
+) -> None:
+    """Coverage's tracer slows CPU-bound code several times (5-10x measured): said in the
+    header. On its own it never makes a clean route a block (the examples' fixed twins)."""
+    pytest.importorskip("pytest_cov")
+    if "postgresql" in db_url:
+        os.environ["DATABASE_URL"] = db_url
+    try:
+        examples = Path(__file__).parent.parent / "conftest_examples"
+        shutil.copytree(examples, pytester.path / "conftest_examples")
+        args = ("-p", "pytest_cov", "--cov=conftest_examples", "-k", "fixed")
+        result = pytester.runpytest_subprocess(*ASYNCIO, *args, "conftest_examples")
+    finally:
+        os.environ.pop("DATABASE_URL", None)
+    result.assert_outcomes(passed=10)
+    result.stdout.fnmatch_lines(["loopguard: * — a tracer (coverage) is active: *"])
+    result.stdout.no_fnmatch_line("*LoopBlockedError*")
