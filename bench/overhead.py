@@ -6,11 +6,13 @@
     python bench/overhead.py --on-extra=--loop-block-report=r.json  # with the JSON report
     python bench/overhead.py --variant strict=--loop-block-strict   # strict mode, in the rotation
     python bench/overhead.py --uvloop                               # every test on uvloop
+    python bench/overhead.py --suite trio-callbacks --suite tiny-trio  # pytest-trio suites
 
 ``callbacks`` (the default): async tests, each awaiting ``asyncio.sleep(0)`` many times and
 sending one request to a small FastAPI app through ``httpx.ASGITransport``. ``tiny-async``: 2,000
 async tests that each await ``asyncio.sleep(0)`` once; ``tiny-sync``: 2,000 sync tests that do
 nothing — there the plugin's cost per test is all there is, so it must be close to nothing.
+``trio-callbacks`` and ``tiny-trio``: the same shapes on pytest-trio (``trio.sleep(0)``).
 Each suite runs with the plugin off (``-p no:pytest_loopguard``) and on, alternating; the
 medians, the median of paired ratios, the target and the cost per test are printed.
 ``--loop-debug`` (asyncio's debug mode) is timed the same way on the callback suite. Nothing is
@@ -29,7 +31,14 @@ import textwrap
 import time
 from pathlib import Path
 
-TARGETS = {"callbacks": 1.03, "tiny-async": 1.05, "tiny-sync": 1.02, "uvloop": 1.05}
+TARGETS = {
+    "callbacks": 1.03,
+    "tiny-async": 1.05,
+    "tiny-sync": 1.02,
+    "uvloop": 1.05,
+    "trio-callbacks": 1.05,
+    "tiny-trio": 1.05,
+}
 
 APP = """
 from fastapi import FastAPI
@@ -80,11 +89,42 @@ def test_tiny(i):
     assert i >= 0
 """
 
+TRIO_CALLBACKS = """
+import pytest
+import trio
+
+
+@pytest.mark.parametrize("i", range({tests}))
+async def test_callbacks(i):
+    for _ in range({sleeps}):
+        await trio.sleep(0)
+"""
+
+TINY_TRIO = """
+import pytest
+import trio
+
+
+@pytest.mark.parametrize("i", range({tests}))
+async def test_tiny(i):
+    await trio.sleep(0)
+"""
+
 INI = """
 [pytest]
 asyncio_mode = auto
 asyncio_default_fixture_loop_scope = function
 """
+
+# pytest-trio runs every async test (trio mode); pytest-asyncio must then not claim them.
+TRIO_INI = """
+[pytest]
+asyncio_mode = strict
+asyncio_default_fixture_loop_scope = function
+trio_mode = true
+"""
+
+BODIES = {"tiny-async": TINY_ASYNC, "tiny-sync": TINY_SYNC, "tiny-trio": TINY_TRIO}
 
 # pytest-asyncio's hook: each test runs on a loop from this factory instead of the stdlib's.
 UVLOOP_CONFTEST = """
@@ -103,15 +143,18 @@ CONFIGS = {
 
 def make_suite(root: Path, suite: str, tests: int, sleeps: int, uvloop: bool = False) -> int:
     """Write one suite into ``root``; returns how many tests it has."""
-    (root / "pytest.ini").write_text(textwrap.dedent(INI))
+    trio = suite in ("trio-callbacks", "tiny-trio")
+    (root / "pytest.ini").write_text(textwrap.dedent(TRIO_INI if trio else INI))
     if uvloop:
         (root / "conftest.py").write_text(UVLOOP_CONFTEST)
     if suite == "callbacks":
         (root / "app.py").write_text(textwrap.dedent(APP))
         body = textwrap.dedent(TESTS).format(tests=tests, sleeps=sleeps)
+    elif suite == "trio-callbacks":
+        body = textwrap.dedent(TRIO_CALLBACKS).format(tests=tests, sleeps=sleeps)
     else:
         tests = 2000 if tests == 300 else tests  # --tests left at its default: 2,000 tiny tests
-        body = (TINY_ASYNC if suite == "tiny-async" else TINY_SYNC).format(tests=tests)
+        body = BODIES[suite].format(tests=tests)
     (root / "test_bench.py").write_text(body)
     return tests
 
@@ -166,7 +209,7 @@ def main() -> None:
     parser.add_argument(
         "--suite",
         action="append",
-        choices=["callbacks", "tiny-async", "tiny-sync"],
+        choices=["callbacks", "tiny-async", "tiny-sync", "trio-callbacks", "tiny-trio"],
         help="which suite(s) to time (repeatable; default: callbacks)",
     )
     parser.add_argument("--tests", type=int, default=300)
@@ -198,8 +241,11 @@ def run_suite(suite: str, args: argparse.Namespace, configs: dict[str, list[str]
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         tests = make_suite(root, suite, args.tests, args.sleeps, args.uvloop)
-        loop = "uvloop" if args.uvloop else "asyncio"
-        what = f"x {args.sleeps} sleep(0) + 1 ASGI request " if suite == "callbacks" else ""
+        loop = "uvloop" if args.uvloop else "trio" if "trio" in suite else "asyncio"
+        what = {
+            "callbacks": f"x {args.sleeps} sleep(0) + 1 ASGI request ",
+            "trio-callbacks": f"x {args.sleeps} trio.sleep(0) ",
+        }.get(suite, "")
         print(f"{suite}: {tests} tests {what}on {loop}; {args.rounds} rounds")
         target = TARGETS["uvloop" if args.uvloop else suite]
         report(measure(root, configs, args.rounds), tests, target)

@@ -80,26 +80,6 @@ def test_anyio_plugin_on_asyncio(pytester: pytest.Pytester) -> None:
     assert_blocked(result, "*.py:9 in test_blocks", "time.sleep(0.3)", SLEEP_FIX)
 
 
-def test_anyio_trio_backend_is_not_watched_and_does_not_crash(pytester: pytest.Pytester) -> None:
-    pytest.importorskip("trio")
-    pytester.makepyfile(
-        """
-        import time, pytest
-
-        @pytest.fixture
-        def anyio_backend():
-            return "trio"
-
-        @pytest.mark.anyio
-        async def test_blocks_on_trio():
-            time.sleep(0.2)
-        """
-    )
-    write_ini(pytester)
-    result = pytester.runpytest("-p", "pytest_loopguard", "-p", "anyio")
-    result.assert_outcomes(passed=1)
-
-
 def test_new_loop_run_by_hand_in_a_sync_test(pytester: pytest.Pytester) -> None:
     pytester.makepyfile(
         """

@@ -24,6 +24,10 @@ class LoopRun(Protocol):
     # for all its steps): a callback posted behind it, or a periodic tick, must confirm its end.
     needs_beat: bool
 
+    @property
+    def backend(self) -> str:
+        """The loop the unit found last runs on (asyncio, uvloop, trio): its fixes fit it."""
+
     def unit(self, frames: Iterable[FrameType]) -> object | None:
         """The identity of the unit of work running now, given the thread's frames innermost
         first (``_greenlets.walk``); None while the loop waits for work."""

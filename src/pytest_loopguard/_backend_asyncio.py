@@ -23,6 +23,7 @@ class AsyncioRun:
     """One run of a stdlib loop on its thread."""
 
     needs_beat = False
+    backend = "asyncio"
 
     def __init__(self, loop: Any) -> None:
         self.loop = loop

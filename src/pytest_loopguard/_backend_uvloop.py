@@ -28,6 +28,7 @@ class NativeRun:
 
     def __init__(self, loop: Any, base: FrameType, tick: float, beat: Callable[[], None]) -> None:
         self.loop, self._base, self._tick = loop, base, tick
+        self.backend: str = type(loop).__module__.split(".")[0]  # uvloop, winloop
         self._ticker = _Ticker(loop, tick, beat)
 
     def unit(self, frames: Iterable[FrameType]) -> FrameType | None:

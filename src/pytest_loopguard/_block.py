@@ -19,27 +19,26 @@ from ._events import BlockEvent
 from ._frames import FrameFilter, Sample, Stack, first_user, resolve, sample
 
 _IMPORT_MACHINERY = "<frozen importlib._bootstrap"
-_LANDING = 2  # at most this many collections in a block may have merely landed in it
 _STARVED = 0.02  # a gap between the last look and the beat this long: the looks were kept away
 
 
 @dataclass(frozen=True)
 class Measured:
     """A block's end (less first imports and waiting for a CPU), the seconds it waited for a
-    CPU, and the seconds and count of automatic garbage collections in it."""
+    CPU, and the seconds of automatic garbage collections in it (all, and the longest few)."""
 
     end: float
     queued: float
     collected: float
-    collections: int
+    landed: float
 
     def counts(self, start: float, threshold: float) -> bool:
         """Whether the block reaches ``threshold``. Its collections count: a callback that
-        allocates much sets off many, part of what it costs. One or two in a callback that
-        is short without them merely landed there (a big heap, counters nearly full)."""
+        allocates much sets off many, part of what it costs. The longest one or two may
+        merely have landed in a short callback (a big heap makes a full collection long,
+        whatever set it off): the block must reach the threshold without them."""
         took = self.end - start
-        landed = self.collections <= _LANDING
-        return took >= threshold and (not landed or took - self.collected >= threshold)
+        return took >= threshold and took - self.landed >= threshold
 
 
 @dataclass(eq=False)
@@ -67,6 +66,7 @@ class Block:
     # took its loop over: it began before that guard's test did.
     labels: list[Label]
     needs_beat: bool = False
+    backend: str = "asyncio"  # the loop's (``LoopRun.backend``): the fix depends on it
     cpu_last: float | None = None
     armed: bool = False  # ran for half the threshold: it may get a verdict
     # The thread's run-queue wait, read from the time the block armed (queued_since): reading
@@ -134,7 +134,7 @@ class Block:
         self,
         now: float,
         ended_by: float | None,
-        collecting: Callable[[float, float], tuple[float, int]],
+        collecting: Callable[[float, float], tuple[float, float]],
     ) -> Measured:
         """How long the block held the loop, last seen running and gone at ``now``.
 
@@ -163,6 +163,7 @@ class Block:
         bridged = _greenlets.bridged(found.through)
         debugged = any(_debugger.in_stack(e.through) for e in self.examples.values())
         hint = _hints.classify(frame.line if frame else "", found.callees, ratio, bridged=bridged)
+        hint = _hints.for_backend(hint, self.backend)
         return BlockEvent(
             duration=duration,
             threshold=0.0,
@@ -176,6 +177,7 @@ class Block:
             through=found.through,
             cpu_wait=queued,
             debugger=debugged,
+            backend=self.backend,
         )
 
 

@@ -29,7 +29,7 @@ process_cpu = time.process_time  # all threads of the process
 own_cpu = time.thread_time  # the calling thread's (the watchdog's, to leave its own work out)
 CpuClock = Callable[[], float]
 # Seconds and count of automatic collections on a thread between two times.
-Collecting = Callable[[float, float], tuple[float, int]]
+Collecting = Callable[[float, float], tuple[float, float]]
 
 
 def cpu_clock(ident: int) -> CpuClock | None:
@@ -77,6 +77,11 @@ class RunQueueClock:
     def close(self) -> None:
         with suppress(OSError):
             os.close(self._fd)
+
+
+# At most this many collections in a block may have merely landed in it: a big heap makes a
+# full collection long whatever set it off, and one or two can fall in any short callback.
+LANDING = 2
 
 
 class GcLog:
@@ -130,11 +135,12 @@ class GcLog:
         codes = {getattr(getattr(cb, "__func__", cb), "__code__", None) for cb in gc.callbacks}
         return top.f_back if top is not None and top.f_code in codes else top
 
-    def collecting(self, ident: int, start: float, end: float) -> tuple[float, int]:
-        """Seconds and count of automatic collections on ``ident`` between ``start`` and
-        ``end``."""
+    def collecting(self, ident: int, start: float, end: float) -> tuple[float, float]:
+        """Seconds of automatic collections on ``ident`` between ``start`` and ``end``, and
+        of the ``LANDING`` longest of them: those may merely have landed there."""
         spans = [(a, b) for a, b in self._spans.get(ident, ()) if b > start and a < end]
-        return sum(min(b, end) - max(a, start) for a, b in spans), len(spans)
+        seconds = sorted((min(b, end) - max(a, start) for a, b in spans), reverse=True)
+        return sum(seconds), sum(seconds[:LANDING])
 
     def clear(self) -> None:
         self._spans.clear()

@@ -52,6 +52,8 @@ class BlockEvent:
     # CPU seconds the process's other threads used meanwhile (None: not measured): the loop
     # thread waiting while they work is "waiting on native work", not sleeping.
     other_cpu: float | None = None
+    # The event loop it held: "asyncio", "uvloop" or "trio" (its fixes fit that backend).
+    backend: str = "asyncio"
 
     @property
     def cpu_bound(self) -> bool | None:

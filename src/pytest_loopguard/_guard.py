@@ -130,7 +130,7 @@ class LoopGuard:
         if calls is not None and calls.pending:
             calls.drain(self._events)
 
-    def unit_here(self, frame: FrameType) -> tuple[str, Stack] | None:
+    def unit_here(self, frame: FrameType) -> tuple[str, Stack, str] | None:
         from ._greenlets import here, walk
 
         thread = ENGINE.registry.threads.get(threading.get_ident())
@@ -145,7 +145,7 @@ class LoopGuard:
             and not any(label.guard is self for label in block.labels)
         ):
             return None  # a unit that began before this guard took its loop over
-        return thread.name, run.stack(walk(frame, here()))
+        return thread.name, run.stack(walk(frame, here())), run.backend
 
     def __enter__(self) -> LoopGuard:
         if self._active:

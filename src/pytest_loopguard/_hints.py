@@ -175,6 +175,37 @@ def classify(
     return CPU if cpu_bound else WAITING
 
 
+# The same mistakes on trio (pytest-trio, anyio's trio backend): trio's and anyio's own fixes.
+_TRIO_FIXES: dict[str, str] = {
+    "sleep": "use `await trio.sleep(...)` (anyio: `await anyio.sleep(...)`)",
+    "http": "use `await httpx.AsyncClient().get(url)` (httpx runs on trio too)",
+    "sqlalchemy": "SQLAlchemy's asyncio layer does not run on trio: "
+    "`await trio.to_thread.run_sync(query)` (anyio: `anyio.to_thread.run_sync`)",
+    "file": "use `await trio.Path(path).read_text()` or `await anyio.Path(path).read_text()`",
+    "cpu": "use `await trio.to_thread.run_sync(compute)` (anyio: "
+    "`await anyio.to_thread.run_sync(compute)`), or a process pool: "
+    "`await anyio.to_process.run_sync(compute)`",
+    "subprocess": "use `await trio.run_process([...])` (anyio: `await anyio.run_process([...])`)",
+    "socket": "use trio's streams: `await trio.open_tcp_stream(host, port)` (anyio: "
+    "`await anyio.connect_tcp(host, port)`)",
+    "dns": "use `await trio.socket.getaddrinfo(host, port)` (anyio: "
+    "`await anyio.getaddrinfo(...)`)",
+    "lock": "use `trio.Lock`/`trio.Event`/`trio.open_memory_channel`, or "
+    "`await trio.to_thread.run_sync(...)`",
+    "future": "use `await trio.to_thread.run_sync(future.result)`",
+    "blocking": "move it off the loop: `await trio.to_thread.run_sync(func, ...)` (anyio: "
+    "`await anyio.to_thread.run_sync(func, ...)`)",
+    "password-hash": "use `await trio.to_thread.run_sync(password_hash.verify, password, hashed)` "
+    "(and the same for `.hash(...)`)",
+}
+
+
+def for_backend(hint: Hint, backend: str) -> Hint:
+    """``hint`` with the fix that fits the loop it blocked (asyncio's fixes are the default)."""
+    fix = _TRIO_FIXES.get(hint.key) if backend == "trio" else None
+    return hint if fix is None else Hint(hint.key, hint.cause, fix)
+
+
 def in_bridge(hint: Hint) -> Hint:
     """``hint`` for a block in code that AsyncSession's sync bridge ran on the loop thread."""
     return Hint(

@@ -72,7 +72,7 @@ class Ledger:
         labels = [Label(g, g.phase, g.fixture) for g in guards]
         start = run.started(unit, min(after, now), now)
         block = Block(unit, start, now, cpu, cpu_since, now, labels)
-        block.needs_beat, block.cpu_last = run.needs_beat, cpu
+        block.needs_beat, block.cpu_last, block.backend = run.needs_beat, cpu, run.backend
         thread.block = block
         self.open_blocks += 1
         return block

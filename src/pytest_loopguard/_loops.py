@@ -5,7 +5,8 @@ announces itself through ``asyncio.events._set_running_loop`` when it starts and
 that one module attribute is wrapped, whatever loop classes exist or are defined later. Loops
 written in C (uvloop) call their own copy of it, taken when they were imported, so their class's
 ``run_forever`` is wrapped instead — now if imported already, or by an import hook the moment
-they are imported. The engine hears of each start and stop through a ``Listener``.
+they are imported. Trio's entry points are wrapped the same way (``_backend_trio``). The engine
+hears of each start and stop through a ``Listener``.
 """
 
 from __future__ import annotations
@@ -21,10 +22,13 @@ from typing import Any, Protocol
 from . import _clocks
 from ._backend import LoopRun
 from ._backend_asyncio import AsyncioRun
+from ._backend_trio import TrioRun, instrument, run_loop_code, with_instrument
 from ._backend_uvloop import ImportWatch, NativeRun
 
 # (module, class) of the event loops implemented in C that we know how to watch.
 NATIVE: tuple[tuple[str, str], ...] = (("uvloop", "Loop"), ("winloop", "Loop"))
+# (module, attribute) of trio's public entry points, which take instruments.
+TRIO_ENTRIES: tuple[tuple[str, str], ...] = (("trio", "run"), ("trio.lowlevel", "start_guest_run"))
 
 
 @dataclass(eq=False)
@@ -120,6 +124,7 @@ class Registry:
         self.active = 0  # how many threads run a loop now
         self._patches: list[_Patch] = []
         self._watch: ImportWatch | None = None
+        self._trio_code: Any = None  # the code of trio's run loop, once trio is patched
 
     @property
     def installed(self) -> bool:
@@ -142,7 +147,9 @@ class Registry:
             for module, cls in NATIVE:
                 if module in sys.modules:
                     self._patch_native(sys.modules[module], cls)
-            self._watch = ImportWatch({m for m, _ in NATIVE}, self._imported)
+            if "trio" in sys.modules:
+                self._patch_trio(sys.modules["trio"])
+            self._watch = ImportWatch({*(m for m, _ in NATIVE), "trio"}, self._imported)
             sys.meta_path.insert(0, self._watch)
         except BaseException:
             self.uninstall()  # all or nothing
@@ -160,6 +167,7 @@ class Registry:
             else:
                 setattr(patch.owner, patch.name, patch.own)
         self._patches.clear()
+        self._trio_code = None
         for thread in tuple(self.threads.values()):
             thread.forget()
         self.threads.clear()
@@ -179,7 +187,7 @@ class Registry:
             # loop starting or stopping on a thread, is decided here without another call.
             thread = threads.get(get_ident())
             runs = thread.runs if thread is not None else None
-            if loop is None and runs and len(runs) == 1:
+            if loop is None and runs and len(runs) == 1 and type(runs[0]) is AsyncioRun:
                 self._pop(thread)  # type: ignore[arg-type]
             elif loop is not None and not runs:
                 self._push(thread, AsyncioRun(loop))
@@ -190,9 +198,22 @@ class Registry:
         return _set_running_loop
 
     def _imported(self, module: ModuleType) -> None:
+        if module.__name__ == "trio":
+            self._patch_trio(module)
         for name, cls in NATIVE:
             if module.__name__ == name:
                 self._patch_native(module, cls)
+
+    def _patch_trio(self, trio: ModuleType) -> None:
+        code = run_loop_code(trio)
+        if code is None or self._trio_code is not None:
+            return  # a trio whose run loop we do not know: left unwatched, never broken
+        self._trio_code, ours = code, instrument(trio, self)
+        for name, attribute in TRIO_ENTRIES:
+            owner = sys.modules.get(name)
+            original = getattr(owner, attribute, None)
+            if owner is not None and callable(original):
+                self._set(owner, attribute, with_instrument(original, ours))
 
     def _patch_native(self, module: ModuleType, cls_name: str) -> None:
         cls = getattr(module, cls_name, None)
@@ -220,8 +241,10 @@ class Registry:
         thread = self.threads.get(threading.get_ident())
         runs = thread.runs if thread is not None else None
         if loop is None:
-            if runs:
-                self._pop_to(thread, None)  # type: ignore[arg-type]
+            # No asyncio loop runs here now: the asyncio runs on top stop (a trio run under
+            # them goes on).
+            while runs and isinstance(runs[-1], AsyncioRun):
+                self._pop(thread)  # type: ignore[arg-type]
         elif not runs:
             self._push(thread, AsyncioRun(loop))
         elif runs[-1].loop is not loop:
@@ -237,6 +260,13 @@ class Registry:
             return False  # a nested call of the same loop's entry: one run
         self._push(thread, NativeRun(loop, base, self.listener.tick_period(), thread.beat))
         return True
+
+    def enter_trio(self, token: object) -> None:
+        """A trio run starts on this thread (``token`` is its ``TrioToken``): each token is
+        new, so it cannot be running here already."""
+        thread = self._here()
+        if self._trio_code is not None:
+            self._push(thread, TrioRun(token, self._trio_code, thread.run))
 
     def leave(self, loop: Any) -> None:
         thread = self.threads.get(threading.get_ident())

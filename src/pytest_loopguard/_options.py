@@ -22,7 +22,7 @@ MODE_HELP = (
     "outcome and each block becomes a PytestWarning, for adopting the plugin gradually."
 )
 REPORT_HELP = (
-    "Write every block of the run to this JSON file (schema pytest-loopguard/report, version 2; "
+    "Write every block of the run to this JSON file (schema pytest-loopguard/report, version 3; "
     "see report.schema.json in the package; an empty value on the command line turns it off)."
 )
 ALLOW_HELP = (

@@ -141,6 +141,10 @@ class Watch:
         mine = [e for e in events if e.phase == phase]
         if not mine:
             return NOTHING
+        if phase == "call":
+            from ._trio_fixtures import name_fixtures
+
+            mine = name_fixtures(mine, run.item)
         settings = run.settings
         debugger = "pdb" if run.debugged else _debugger.attached()  # attached mid-session?
         if debugger and not settings.debugger:
@@ -183,6 +187,7 @@ class Watch:
             report.loopguard_text = _report.render(verdict.events, root)  # type: ignore[attr-defined]
             run.item.user_properties.extend(_summary.junit_properties(blocks))
             self.collector.add(blocks)
+        error = _unwrapped(error)
         hint = _known_error_hint(error) if report.failed and error is not None else None
         if hint is not None:
             report.sections.append(("hint (pytest-loopguard)", hint))
@@ -219,6 +224,15 @@ class PhaseEnds:
     def pytest_runtest_teardown(self, item: pytest.Item) -> None:
         """Fail the teardown (an error naming the fixture) when a finalizer blocked the loop."""
         self._watch.end_phase(item, "teardown")
+
+
+def _unwrapped(error: BaseException | None) -> BaseException | None:
+    """Our own error when it is all an exception group holds (a trio nursery wraps what its
+    tasks raise, a hang interrupted in one included); else ``error`` as it is."""
+    inner = error
+    while isinstance(getattr(inner, "exceptions", None), tuple) and len(inner.exceptions) == 1:  # type: ignore[union-attr]
+        inner = inner.exceptions[0]  # type: ignore[union-attr]
+    return inner if isinstance(inner, LoopguardError | LoopHangError) else error
 
 
 def _known_error_hint(error: BaseException) -> str | None:

@@ -42,10 +42,10 @@ _AUDITED: dict[str, tuple[str, Hint, Callable[[tuple[Any, ...]], bool]]] = {
 # the stack: first imports, this package reading source files for a report, and mimetypes
 # reading its database once, on the first guess_type() (httpx's multipart encoder calls it).
 EXEMPT_MODULES = ("importlib", "pytest_loopguard", "linecache", "tokenize", "mimetypes")
-# Calls these make before any user frame: asyncio's own socket and subprocess machinery. Not
-# further out: a pure-Python ``Task.__step`` (Python 3.10's asyncio.Runner backport) sits under
-# every test coroutine.
-EXEMPT_CALLERS = ("asyncio",)
+# Calls these make before any user frame: the loops' own socket, thread and subprocess
+# machinery. Not further out: a pure-Python ``Task.__step`` (Python 3.10's asyncio.Runner
+# backport) sits under every test coroutine.
+EXEMPT_CALLERS = ("asyncio", "trio", "anyio")
 
 Recorder = Callable[[str, Hint, Any], None]
 
@@ -203,9 +203,9 @@ class Watched(Protocol):
 
     def allowing(self, ident: int) -> bool: ...
 
-    def unit_here(self, frame: FrameType) -> tuple[str, Stack] | None:
-        """(thread name, the unit's stack from ``frame``) when ``frame`` runs in a unit of
-        work of this guard's on this thread's loop; None elsewhere."""
+    def unit_here(self, frame: FrameType) -> tuple[str, Stack, str] | None:
+        """(thread name, the unit's stack from ``frame``, the loop's backend) when ``frame``
+        runs in a unit of work of this guard's on this thread's loop; None elsewhere."""
 
 
 @dataclass(frozen=True)
@@ -218,6 +218,7 @@ class _Call:
     allowed: bool
     thread: str
     fixture: str | None
+    backend: str
 
 
 class CallLog:
@@ -236,7 +237,7 @@ class CallLog:
         here = self._guard.unit_here(frame)
         if here is None or exempt_stack(here[1], self._filter):
             return  # a worker thread, the loop outside any unit, or a unit not the guard's
-        thread, stack = here
+        thread, stack, backend = here
         found = sample(stack, first_user(stack, self._filter), self._filter)
         guard = self._guard
         allowed = guard.allowing(threading.get_ident())
@@ -244,7 +245,8 @@ class CallLog:
             key = (call, guard.phase, found.top[0], found.top[1])
             self._counts[key] += 1
             if self._counts[key] == 1:
-                self.pending.append(_Call(key, hint, found, allowed, thread, guard.fixture))
+                call_seen = _Call(key, hint, found, allowed, thread, guard.fixture, backend)
+                self.pending.append(call_seen)
 
     def drain(self, into: list[BlockEvent]) -> None:
         """Add the calls recorded since the last time to ``into`` as events (the caller holds
@@ -261,7 +263,7 @@ class CallLog:
             cpu_time=None,
             frame=resolve(recorded.found.top),
             stack=tuple(resolve(f) for f in recorded.found.users),
-            hint=recorded.hint,
+            hint=_hints.for_backend(recorded.hint, recorded.backend),
             allowed=recorded.allowed,
             phase=phase,
             fixture=recorded.fixture,
@@ -269,6 +271,7 @@ class CallLog:
             samples=self._counts[recorded.key],
             through=recorded.found.through,
             call=call,
+            backend=recorded.backend,
         )
 
 

@@ -18,7 +18,7 @@ from ._settings import Settings
 from ._verdict import Verdict
 
 SCHEMA = "pytest-loopguard/report"
-VERSION = 2
+VERSION = 3
 _OTHER_ANNOTATOR = "pytest_github_actions_annotate_failures"
 Block = dict[str, object]
 
@@ -31,7 +31,7 @@ def _frame(frame: FrameInfo, root: Path) -> Block:
 
 
 def as_dicts(verdict: Verdict, nodeid: str, root: Path) -> list[Block]:
-    """A phase's blocks as the summary and the JSON report (schema version 2) describe them."""
+    """A phase's blocks as the summary and the JSON report (schema version 3) describe them."""
     return [_as_dict(e, nodeid, verdict.of(e), root) for e in verdict.events]
 
 
@@ -50,6 +50,7 @@ def _as_dict(event: BlockEvent, nodeid: str, verdict: str, root: Path) -> Block:
         "allowed": verdict == "allowed",
         "verdict": verdict,
         "call": event.call,
+        "backend": event.backend,
     }
 
 
