@@ -94,9 +94,30 @@ PITFALLS = [
     ),
     ("test_fixed_detached_instance", None),
     (
+        "test_broken_session_shared_by_two_tasks",
+        [
+            # The failure itself is SQLAlchemy's (closing the session while the other task's
+            # query is in flight) or ours, depending on timing; ours is named either way.
+            "*ConcurrentSessionError: one AsyncSession used by two tasks at once: task '*' "
+            f"started an operation at {SHOP}:199 in post_titles while the one task '*' "
+            f"started at {SHOP}:195 in user_names was still in flight*",
+            "fix: a session per task*",
+        ],
+    ),
+    ("test_fixed_session_shared_by_two_tasks", None),
+    (
+        "test_broken_session_never_closed",
+        [
+            "1 database connection(s) taken by this test and never given back:",
+            f"  an AsyncSession took a connection at {SHOP}:195 in user_names",
+            "fix: close what you open*",
+        ],
+    ),
+    ("test_fixed_session_never_closed", None),
+    (
         "test_broken_profile_loop",
         [
-            f"{BLOCKED}{PITS}:95 in blocking_route_simulation",
+            f"{BLOCKED}{PITS}:111 in blocking_route_simulation",
             "    time.sleep(0.3)  # this blocks the entire event loop",
             SLEEP_FIX,
         ],
@@ -121,15 +142,26 @@ def run_examples(pytester: pytest.Pytester, *args: str) -> pytest.RunResult:
     return pytester.runpytest_subprocess(*plugins, "-v", *args)
 
 
+# Broken twins that pass but fail at teardown (the leak check runs once the test is over).
+AT_TEARDOWN = {"test_broken_session_never_closed"}
+
+
 def test_fastapi_sqlalchemy_example(pytester: pytest.Pytester, examples: Path) -> None:
     result = run_examples(pytester, "conftest_examples/fastapi_sqlalchemy")
-    broken = [name for name, lines in PITFALLS if lines]
-    result.assert_outcomes(failed=len(broken), passed=len(PITFALLS) - len(broken))
+    broken = [name for name, lines in PITFALLS if lines and name not in AT_TEARDOWN]
+    passed = len(PITFALLS) - len(broken)
+    outcomes = result.parseoutcomes()
+    assert (outcomes["failed"], outcomes["passed"]) == (len(broken), passed)
+    # The shared session's other query is still in flight when the route fails: depending on
+    # timing its connection is never given back either (reported as a leak too).
+    assert outcomes.get("errors", 0) in (len(AT_TEARDOWN), len(AT_TEARDOWN) + 1)
     for name, lines in PITFALLS:
-        verdict = "FAILED" if lines else "PASSED"
+        verdict = "FAILED" if lines and name not in AT_TEARDOWN else "PASSED"
         result.stdout.fnmatch_lines([f"*test_pitfalls.py::{name} {verdict}*"])
-    expected = [line for _, lines in PITFALLS if lines for line in lines]
-    result.stdout.fnmatch_lines(expected)
+    # pytest prints teardown errors (ERRORS) before failures (FAILURES): matched apart.
+    for part in (broken, sorted(AT_TEARDOWN)):
+        expected = [line for name, lines in PITFALLS if name in part for line in lines or ()]
+        result.stdout.fnmatch_lines(expected)
 
 
 def test_quickstart_example(pytester: pytest.Pytester, examples: Path) -> None:

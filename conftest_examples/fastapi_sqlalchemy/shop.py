@@ -8,7 +8,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator
-from typing import Annotated
+from typing import Annotated, Any
 
 import httpx
 import requests
@@ -188,3 +188,43 @@ async def load_user_name(sessionmaker: async_sessionmaker[AsyncSession], user_id
         user = await session.get(User, user_id)
         assert user is not None
         return user.name  # read what you need while the session is open
+
+
+# -- one AsyncSession shared by two tasks -------------------------------------------------------
+async def user_names(db: AsyncSession) -> list[str]:
+    return list((await db.execute(select(User.name).order_by(User.id))).scalars())
+
+
+async def post_titles(db: AsyncSession) -> list[str]:
+    return list((await db.execute(select(Post.title).order_by(Post.id))).scalars())
+
+
+@app.get("/broken/dashboard")
+async def broken_dashboard(db: DB) -> dict[str, list[str]]:
+    names, titles = await asyncio.gather(user_names(db), post_titles(db))  # one session, 2 tasks
+    return {"users": names, "posts": titles}
+
+
+@app.get("/fixed/dashboard")
+async def fixed_dashboard(request: Request) -> dict[str, list[str]]:
+    async def on_its_own_session(query: Any) -> list[str]:
+        async with request.app.state.sessionmaker() as db:  # a session per task
+            return await query(db)  # type: ignore[no-any-return]
+
+    names, titles = await asyncio.gather(
+        on_its_own_session(user_names), on_its_own_session(post_titles)
+    )
+    return {"users": names, "posts": titles}
+
+
+# -- a session never closed ---------------------------------------------------------------------
+@app.get("/broken/users/count")
+async def broken_count(request: Request) -> int:
+    db = request.app.state.sessionmaker()  # never closed: its connection is never given back
+    return len(await user_names(db))
+
+
+@app.get("/fixed/users/count")
+async def fixed_count(request: Request) -> int:
+    async with request.app.state.sessionmaker() as db:
+        return len(await user_names(db))

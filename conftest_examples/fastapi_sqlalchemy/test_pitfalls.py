@@ -90,6 +90,22 @@ async def test_fixed_detached_instance(strict_sessionmaker):
     assert await load_user_name(strict_sessionmaker, 1) == "ada"
 
 
+async def test_broken_session_shared_by_two_tasks(client):
+    assert (await client.get("/broken/dashboard")).status_code == 200
+
+
+async def test_fixed_session_shared_by_two_tasks(client):
+    assert (await client.get("/fixed/dashboard")).json()["users"] == ["ada", "grace"]
+
+
+async def test_broken_session_never_closed(client):
+    assert (await client.get("/broken/users/count")).json() == 2
+
+
+async def test_fixed_session_never_closed(client):
+    assert (await client.get("/fixed/users/count")).json() == 2
+
+
 # The lesson's profile_loop.py: a blocking coroutine in gather delays asyncio.sleep(0.1).
 async def blocking_route_simulation():
     time.sleep(0.3)  # this blocks the entire event loop

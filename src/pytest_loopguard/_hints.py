@@ -230,6 +230,20 @@ DETACHED = (
     "fix: `async_sessionmaker(..., expire_on_commit=False)`, or read what you need inside "
     "`async with session:`; the loopguard_sessionmaker fixture catches loaded reads too."
 )
+CONCURRENT_SESSION = (
+    "One AsyncSession used by two tasks at once (`asyncio.gather(a(session), b(session))`, a "
+    "session shared by concurrent requests): SQLAlchemy fails like this, or not at all, "
+    "depending on timing.\n"
+    "fix: a session per task — `async with sessionmaker() as session:` inside each task — or "
+    "run them one after the other. The loopguard_sqlalchemy fixture names both places."
+)
+# What SQLAlchemy and asyncpg say when two tasks share a session (the first two are
+# InvalidRequestError's messages, the last asyncpg's InterfaceError).
+_CONCURRENT_TEXTS = (
+    "concurrent operations are not permitted",
+    "another operation is in progress",
+    "is already in progress",
+)
 NOT_AWAITED = (
     "A sync call where an async one was expected (or a coroutine never awaited): e.g. "
     "`requests` inside `async def`.\n"
@@ -254,13 +268,23 @@ def chain(error: BaseException | None) -> list[BaseException]:
 def for_error(error: BaseException) -> str | None:
     """The cause and fix for a known async mistake somewhere in ``error``'s chain."""
     errors = chain(error)
-    if any(isinstance(e, LoopguardError) for e in errors):
-        return None  # our own errors already carry their fix
+    ours = [e for e in errors if isinstance(e, LoopguardError)]
+    if ours and ours[0] is error:
+        return None  # our own error carries its fix
+    if ours:
+        # Ours came first and this one followed from it (two tasks on one session: the
+        # session's close then fails too): say what started it.
+        first = ours[0]
+        return f"this failure followed from:\n{type(first).__name__}: {first}"
     names = {cls.__name__ for e in errors for cls in type(e).__mro__}
     if "MissingGreenlet" in names:
         return MISSING_GREENLET
     if "DetachedInstanceError" in names:
         return DETACHED
+    if "IllegalStateChangeError" in names or any(
+        text in str(e) for e in errors for text in _CONCURRENT_TEXTS
+    ):
+        return CONCURRENT_SESSION
     if any("cannot be awaited" in str(e) or "never awaited" in str(e) for e in errors):
         return NOT_AWAITED
     return None

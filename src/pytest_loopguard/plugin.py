@@ -80,14 +80,33 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     settings = config.stash[SETTINGS_KEY]
     for item in items:
         item.stash[ITEM_SETTINGS] = _settings.for_item(item, settings)
-        if settings.guard_sqlalchemy and isinstance(item, pytest.Function):
-            _use_sqlalchemy_guard(item)
+        if isinstance(item, pytest.Function):
+            _use_sqlalchemy_guard(item, settings.guard_sqlalchemy)
 
 
-def _use_sqlalchemy_guard(item: pytest.Function) -> None:
+def _use_sqlalchemy_guard(item: pytest.Function, always: bool) -> None:
     # Like @pytest.mark.usefixtures, for every test: pytest requests fixtures by these names.
-    if "loopguard_sqlalchemy" not in item.fixturenames:
-        item.fixturenames.insert(0, "loopguard_sqlalchemy")
+    # First among the test's own fixtures, asked for or not: set up before, and torn down
+    # after, every fixture whose sessions and connections its leak check must see closed.
+    names = item.fixturenames
+    if "loopguard_sqlalchemy" in names:
+        names.remove("loopguard_sqlalchemy")
+    elif not always:
+        return
+    names.insert(_first_function_scoped(item, names), "loopguard_sqlalchemy")
+
+
+def _first_function_scoped(item: pytest.Function, names: list[str]) -> int:
+    """Where the test's own fixtures begin: pytest sets up wider scopes first, and their
+    connections are not the test's."""
+    # Private: pytest has no public map from a test to its fixtures' definitions.
+    definitions = getattr(item, "_fixtureinfo", None)
+    by_name = getattr(definitions, "name2fixturedefs", {})
+    for index, name in enumerate(names):
+        found = by_name.get(name)
+        if found and found[-1].scope == "function":
+            return index
+    return len(names)
 
 
 def _root(config: pytest.Config) -> Path:
@@ -163,11 +182,15 @@ def loopguard_sqlalchemy_fixture(request: pytest.FixtureRequest) -> Iterator[obj
     if request.node.get_closest_marker("allow_lazy_loads") is not None:
         yield None
         return
-    with guards.SQLAlchemyGuard(root=str(_root(request.config))) as guard:
+    root = str(_root(request.config))
+    with guards.SQLAlchemyGuard(root=root) as guard:
         yield guard
     errors = [violation.error for violation in guard.violations]
+    failures = [guards.leak_message(guard.leaks, root)] if guard.leaks else []
     if errors and isinstance(request.node, pytest.Item) and _swallowed(request.node, errors):
-        pytest.fail(guards.render(guard.violations), pytrace=False)
+        failures.insert(0, guards.render(guard.violations))
+    if failures:
+        pytest.fail("\n\n".join(failures), pytrace=False)
 
 
 @pytest.fixture(name="loopguard_sessionmaker")

@@ -11,6 +11,7 @@ import asyncio
 import os
 import sys
 from collections.abc import Callable
+from contextlib import suppress
 from dataclasses import dataclass
 from types import FrameType
 from typing import Any
@@ -20,12 +21,24 @@ from greenlet import getcurrent
 from sqlalchemy import event
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import MissingGreenlet
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
-from sqlalchemy.orm import InstrumentedAttribute, ORMExecuteState, Session, sessionmaker
-from sqlalchemy.orm.exc import DetachedInstanceError
+from sqlalchemy.orm import InstrumentedAttribute, ORMExecuteState, Session
+from sqlalchemy.pool import Pool
 
 from ._events import LoopguardError
 from ._frames import FrameFilter, FrameInfo, describe
+from ._sa_sessions import Checkout, Checkouts, ConcurrentSessionError, SessionOwners, leak_message
+from ._sa_strict import DetachedAccessError, StrictSessionFactory
+
+__all__ = [
+    "ConcurrentSessionError",
+    "DetachedAccessError",
+    "LazyLoadError",
+    "SQLAlchemyGuard",
+    "StrictSessionFactory",
+    "SyncEngineOnLoopError",
+    "leak_message",
+    "render",
+]
 
 _ATTRIBUTE_GET = InstrumentedAttribute.__get__.__code__
 
@@ -42,12 +55,6 @@ class LazyLoadError(MissingGreenlet, LoopguardError):
 
 class SyncEngineOnLoopError(RuntimeError, LoopguardError):
     """A sync ``Engine`` was about to execute SQL on the event-loop thread."""
-
-
-class DetachedAccessError(DetachedInstanceError, LoopguardError):
-    """An attribute of an object read after its strict session closed or expunged it."""
-
-    code = None  # type: ignore[assignment]
 
 
 @dataclass(frozen=True)
@@ -121,19 +128,28 @@ def _lazy_message(attr: Any, instance: object, relationship: bool, at: str) -> s
 
 
 class SQLAlchemyGuard:
-    """While active: lazy loads on AsyncSession objects raise LazyLoadError before any SQL, and a
-    sync Engine executing on the event-loop thread raises SyncEngineOnLoopError. Every violation
-    is also kept in ``violations``, so a caller can fail even when the app swallowed the error.
+    """While active: lazy loads on AsyncSession objects raise LazyLoadError before any SQL, a
+    sync Engine executing on the event-loop thread raises SyncEngineOnLoopError, and a second
+    task using an AsyncSession while another task's operation on it is in flight raises
+    ConcurrentSessionError. Every violation is also kept in ``violations``, so a caller can fail
+    even when the app swallowed the error; connections taken and never given back are in
+    ``leaks`` once it is left.
     """
 
     def __init__(self, root: str | None = None) -> None:
         self.root = root
         self.violations: list[Violation] = []
+        self.leaks: list[Checkout] = []
+        self._owners, self._checkouts = SessionOwners(root), Checkouts()
         self._listeners: list[tuple[Any, str, Callable[..., Any]]] = [
             (Session, "do_orm_execute", self._on_orm_execute),
+            (Session, "before_flush", lambda session, *_: self._starting(session)),
+            (Session, "before_commit", self._starting),
             # Once per connection, not per statement: cheaper, and it stops the sync engine
             # before it even connects from the loop thread.
             (Engine, "engine_connect", self._on_connect),
+            (Pool, "checkout", self._checkouts.on_checkout),
+            (Pool, "checkin", self._checkouts.on_checkin),
         ]
 
     def __enter__(self) -> SQLAlchemyGuard:
@@ -152,16 +168,32 @@ class SQLAlchemyGuard:
         for target, name, fn in self._listeners:
             if event.contains(target, name, fn):
                 event.remove(target, name, fn)
+        self.leaks = list(self._checkouts.open.values())
+        self._checkouts.open.clear()
+        for leak in self.leaks:
+            leak.close()
 
     def _record(self, kind: str, message: str, where: FrameInfo | None, error: Exception) -> None:
         error.where = where  # type: ignore[attr-defined]  # the failure points at it
         self.violations.append(Violation(kind, message, where, error))
 
+    def _starting(self, session: Session) -> None:
+        """An operation on ``session`` starts: fails when another task's is in flight."""
+        __tracebackhide__ = True
+        message = self._owners.starting(session)
+        if message is not None:
+            error = ConcurrentSessionError(message)
+            self._record("concurrent session", message, None, error)
+            raise error
+
     def _on_orm_execute(self, state: ORMExecuteState) -> None:
         __tracebackhide__ = True
         # Every statement of every AsyncSession passes here: the common, legitimate case (run
-        # by SQLAlchemy's greenlet) must return after one cheap check.
-        if _in_greenlet() or not (state.is_relationship_load or state.is_column_load):
+        # by SQLAlchemy's greenlet) must return after a few cheap checks.
+        if _in_greenlet():
+            self._starting(state.session)
+            return
+        if not (state.is_relationship_load or state.is_column_load):
             return
         if not getattr(state.session.get_bind().dialect, "is_async", False):
             return  # a sync Session in sync code may lazy-load
@@ -191,6 +223,10 @@ class SQLAlchemyGuard:
         )
         error = SyncEngineOnLoopError(message)
         self._record("sync engine", message, info, error)
+        # Raised inside the Connection's constructor, after it took a connection from the
+        # pool: give that back, or it would only be reclaimed by the garbage collector.
+        with suppress(Exception):
+            conn.close()
         raise error
 
 
@@ -201,102 +237,3 @@ def render(violations: list[Violation]) -> str:
         name = type(violation.error).__name__
         lines.append(f"{name}: {violation.message}")
     return "\n".join(lines)
-
-
-# -- strict sessions ---------------------------------------------------------------------------
-
-_STRICT_CLASSES: dict[type, type] = {}
-_ROOT_KEY = "pytest_loopguard.root"  # where message paths start, kept on the object's state
-
-
-def _strict_class(cls: type) -> type:
-    """A subclass of ``cls`` whose mapped attributes raise DetachedAccessError when read."""
-    strict = _STRICT_CLASSES.get(cls)
-    if strict is None:
-        keys: frozenset[str] = frozenset(sqlalchemy.inspect(cls).attrs.keys())
-
-        def __getattribute__(self: Any, name: str) -> Any:
-            if name in keys:
-                user = _first_user_frame(sys._getframe(1))
-                state = object.__getattribute__(self, "_sa_instance_state")
-                root = state.info.get(_ROOT_KEY)
-                raise DetachedAccessError(_detached_message(self, name, user, root))
-            return object.__getattribute__(self, name)
-
-        # Not mapped: SQLAlchemy finds the object's state through its instance dict.
-        strict = type(cls.__name__, (cls,), {"__getattribute__": __getattribute__})
-        strict.__module__ = cls.__module__
-        _STRICT_CLASSES[cls] = strict
-    return strict
-
-
-def _first_user_frame(frame: FrameType | None) -> FrameType | None:
-    user_filter = FrameFilter()
-    while frame is not None and not user_filter.is_user(frame):
-        frame = frame.f_back
-    return frame
-
-
-def _detached_message(instance: object, name: str, user: FrameType | None, root: str | None) -> str:
-    model = type(instance).__name__
-    _, at = _user_location(user, root or os.getcwd())
-    return (
-        f"{model}.{name} read at {at} after its session closed or expunged it: a loaded value "
-        f"is stale, an unloaded one raises DetachedInstanceError\n"
-        f"fix: use it inside `async with session:`, or load what you need first "
-        f"(`expire_on_commit=False`, selectinload) and return plain data"
-    )
-
-
-def _make_strict(instance: object, root: str | None) -> None:
-    cls = type(instance)
-    if cls not in _STRICT_CLASSES.values():
-        sqlalchemy.inspect(instance).info[_ROOT_KEY] = root
-        object.__setattr__(instance, "__class__", _strict_class(cls))
-
-
-def _on_attach(session: Session, instance: object) -> None:
-    cls = type(instance)
-    if cls in _STRICT_CLASSES.values():
-        object.__setattr__(instance, "__class__", cls.__mro__[1])
-
-
-class StrictSessionFactory:
-    """Makes sessions like ``factory`` does, whose objects refuse to be read once detached."""
-
-    def __init__(self, factory: Any, root: str | None = None) -> None:
-        __tracebackhide__ = True
-        if not isinstance(factory, (async_sessionmaker, sessionmaker)):
-            raise TypeError(
-                "loopguard_sessionmaker() expects an async_sessionmaker (or a sessionmaker), "
-                f"got {type(factory).__name__}: {factory!r}"
-            )
-        self.factory, self.root = factory, root
-        self.sessions: list[Session] = []
-        self._listeners = (
-            ("persistent_to_detached", self._on_detach),
-            ("detached_to_persistent", _on_attach),
-        )
-
-    def _on_detach(self, session: Session, instance: object) -> None:
-        _make_strict(instance, self.root)
-
-    def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        session = self.factory(*args, **kwargs)
-        sync = session.sync_session if isinstance(session, AsyncSession) else session
-        for name, fn in self._listeners:
-            event.listen(sync, name, fn)
-        self.sessions.append(sync)
-        return session
-
-    def begin(self) -> Any:
-        """Like ``async_sessionmaker.begin()``: a session with a transaction begun."""
-        return self().begin()
-
-    def close(self) -> None:
-        """Remove the listeners from every session this factory made."""
-        for sync in self.sessions:
-            for name, fn in self._listeners:
-                if event.contains(sync, name, fn):
-                    event.remove(sync, name, fn)
-        self.sessions.clear()

@@ -1,0 +1,198 @@
+"""Two traps of an AsyncSession's life: one session in two tasks at once, and connections a test
+checks out and never gives back. Public SQLAlchemy events only; nothing of pytest.
+
+*Concurrent use.* AsyncSession runs each operation in a new greenlet on the loop thread; the
+greenlet lives while the operation awaits its driver. So at the start of any operation
+(``do_orm_execute``, ``before_flush``, ``before_commit``) the session's previous operation is
+still in flight exactly when its greenlet is alive — and if another task started it, two tasks
+share the session. Decided at the second task's call, whatever the timing of the I/O.
+
+*Leaks.* The pool's ``checkout`` and ``checkin`` events: every connection taken while the guard
+is active and not given back by its end is a leak, also one the garbage collector reclaimed
+meanwhile (the pool then detaches it without a checkin).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+import weakref
+from contextlib import suppress
+from dataclasses import dataclass
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+from greenlet import getcurrent
+from sqlalchemy.exc import InvalidRequestError
+
+from ._events import LoopguardError
+from ._frames import FrameFilter, FrameInfo, RawFrame, describe, raw, resolve
+from ._greenlets import walk
+from ._report import relative
+
+
+class ConcurrentSessionError(InvalidRequestError, LoopguardError):
+    """A task used an AsyncSession while another task's operation on it was in flight.
+
+    Subclasses ``InvalidRequestError`` (what SQLAlchemy raises when it notices), so existing
+    ``except`` clauses keep working.
+    """
+
+    code = None  # our message has the fix; no generic link
+
+
+class _Operation:
+    """The last operation on a session: updated in place (this runs for every statement)."""
+
+    __slots__ = ("greenlet", "task")
+
+    def __init__(self, task: asyncio.Task[Any] | None, greenlet: Any) -> None:
+        self.task = task
+        self.greenlet = greenlet  # alive while the operation awaits its driver
+
+
+CONCURRENT_FIX = (
+    "fix: a session per task — `async with sessionmaker() as session:` inside each task — or "
+    "run them one after the other (`await a(session)` then `await b(session)`, not "
+    "`asyncio.gather`)"
+)
+
+
+class SessionOwners:
+    """The operation in flight on each session, and who started it."""
+
+    def __init__(self, root: str | None) -> None:
+        self._root = root
+        self._operations: weakref.WeakKeyDictionary[Any, _Operation] = weakref.WeakKeyDictionary()
+
+    def starting(self, session: Any) -> str | None:
+        """An operation on ``session`` (a sync ``Session``) starts here: the message of a
+        ``ConcurrentSessionError`` when another task's operation is still in flight."""
+        greenlet = getcurrent()
+        if not getattr(greenlet, "__sqlalchemy_greenlet_provider__", False):
+            return None  # a sync session in sync code: not AsyncSession's bridge
+        try:
+            task = asyncio.current_task()
+        except RuntimeError:
+            task = None
+        previous = self._operations.get(session)
+        if previous is None:
+            self._operations[session] = _Operation(task, greenlet)
+            return None
+        if previous.task is not task:
+            if not previous.greenlet.dead:
+                return self._message(previous.task, task)
+            previous.task = task
+        previous.greenlet = greenlet
+        return None
+
+    def _message(self, first: asyncio.Task[Any] | None, second: asyncio.Task[Any] | None) -> str:
+        here = _first_user(list(walk(sys._getframe(2), getcurrent())))
+        there = _first_user(_task_frames(first))
+        return (
+            f"one AsyncSession used by two tasks at once: {_name(second)} started an operation "
+            f"at {self._at(here)} while the one {_name(first)} started at {self._at(there)} "
+            f"was still in flight (an AsyncSession is not safe for concurrent use: SQLAlchemy "
+            f"fails, or not, depending on timing)\n{CONCURRENT_FIX}"
+        )
+
+    def _at(self, frame: FrameType | None) -> str:
+        return at(frame, self._root)
+
+
+def _name(task: asyncio.Task[Any] | None) -> str:
+    return "a task" if task is None else f"task {task.get_name()!r}"
+
+
+def _task_frames(task: asyncio.Task[Any] | None) -> list[FrameType]:
+    """A suspended task's frames, innermost first, through the awaitables it waits on."""
+    frames: list[FrameType] = []
+    awaited: Any = None if task is None else task.get_coro()
+    while awaited is not None:
+        frame = getattr(awaited, "cr_frame", None) or getattr(awaited, "gi_frame", None)
+        if frame is not None:
+            frames.append(frame)
+        awaited = getattr(awaited, "cr_await", None) or getattr(awaited, "gi_yieldfrom", None)
+    return frames[::-1]
+
+
+def _first_user(frames: list[FrameType]) -> FrameType | None:
+    user = FrameFilter()
+    return next((f for f in frames if user.is_user(f)), None)
+
+
+def at(frame: FrameType | None, root: str | None) -> str:
+    """``file:line in function`` of ``frame``, relative to ``root``."""
+    if frame is None:
+        return "an unknown line"
+    info = describe(frame, frame.f_lineno or 0)
+    return _place(info, root)
+
+
+def _place(info: FrameInfo, root: str | None) -> str:
+    path = relative(info.filename, None if root is None else Path(root))
+    return f"{path}:{info.lineno} in {info.function}"
+
+
+@dataclass(frozen=True)
+class Checkout:
+    """A connection taken from a pool while the guard was active."""
+
+    taken: RawFrame | None  # the user's line that took it (read from its file once leaked)
+    by: str  # "AsyncSession" or "AsyncConnection"
+    entry: Any  # a weak reference to the pool's ``ConnectionPoolEntry``
+
+    @property
+    def where(self) -> FrameInfo | None:
+        return None if self.taken is None else resolve(self.taken)
+
+    def close(self) -> None:
+        """Close the leaked connection: on PostgreSQL it may hold locks in an open
+        transaction, and the next test's DDL would wait for them forever."""
+        entry = self.entry()
+        # Already gone with its loop, say: then it holds nothing either.
+        with suppress(Exception):
+            if entry is not None:
+                entry.invalidate()
+
+
+class Checkouts:
+    """The connections taken while active and not yet given back."""
+
+    def __init__(self) -> None:
+        self.open: dict[int, Checkout] = {}  # by id of the pool's connection record
+        self._user = FrameFilter()
+
+    def on_checkout(self, dbapi_connection: Any, record: Any, proxy: Any) -> None:
+        # Once per checkout (per session or connection, not per query): the frames up to the
+        # first user one, kept raw.
+        if id(record) in self.open:
+            return
+        session, user = False, None
+        for frame in walk(sys._getframe(1), getcurrent()):
+            if self._user.is_user(frame):
+                user = raw(frame, frame.f_lineno or 0)
+                break
+            session = session or frame.f_globals.get("__name__", "").startswith("sqlalchemy.orm")
+        by = "AsyncSession" if session else "AsyncConnection"
+        self.open[id(record)] = Checkout(user, by, weakref.ref(record))
+
+    def on_checkin(self, dbapi_connection: Any, record: Any) -> None:
+        self.open.pop(id(record), None)
+
+
+def leak_message(leaks: list[Checkout], root: str | None) -> str:
+    """The teardown failure for connections a test never gave back."""
+    lines = [f"{len(leaks)} database connection(s) taken by this test and never given back:"]
+    for leak in leaks:
+        where = "an unknown line" if leak.where is None else _place(leak.where, root)
+        lines.append(f"  an {leak.by} took a connection at {where}")
+    lines.append(
+        "fix: close what you open — `async with sessionmaker() as session:` / "
+        "`async with engine.connect() as conn:` around its use (or `await session.close()` in "
+        "a `finally`); an unclosed one is reclaimed only by the garbage collector, if at all "
+        '("non-checked-in connection" warnings later, "idle in transaction" on PostgreSQL). '
+        "pytest-loopguard closed it, so that its locks do not hang the next test."
+    )
+    return "\n".join(lines)

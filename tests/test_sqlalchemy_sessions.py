@@ -1,0 +1,278 @@
+"""SQLAlchemy guards, part 2: one AsyncSession in two tasks, connections never given back.
+
+Each runs on aiosqlite and on a real PostgreSQL through asyncpg (the ``db_url`` fixture)."""
+
+from __future__ import annotations
+
+import pytest
+
+from conftest import run_sa
+
+pytest.importorskip("sqlalchemy.ext.asyncio")
+
+GUARDED = "loop_guard_sqlalchemy = true"
+
+SERVICES = """
+import asyncio, gc
+import pytest
+from sqlalchemy import select, text
+from conftest import User, Post
+
+
+async def load_users(session):
+    return (await session.execute(select(User))).scalars().all()
+
+
+async def load_posts(session):
+    return (await session.execute(select(Post))).scalars().all()
+
+
+async def rename(session):
+    user = await session.get(User, 1)
+    user.name = "grace"
+    await session.flush()
+"""
+
+
+def _ini(pytester: pytest.Pytester) -> None:
+    from conftest import write_ini
+
+    write_ini(pytester, "auto", GUARDED)
+
+
+# -- one session, two tasks -------------------------------------------------------------------
+
+
+def test_two_tasks_on_one_session_name_both_places(
+    pytester: pytest.Pytester, sa_project: str
+) -> None:
+    pytester.makepyfile(
+        test_shared=SERVICES
+        + """
+
+async def test_gather_of_reads(sessionmaker):
+    async with sessionmaker() as session:
+        await asyncio.gather(load_users(session), load_posts(session))
+
+
+async def test_read_while_another_task_flushes(sessionmaker):
+    async with sessionmaker() as session:
+        await asyncio.gather(rename(session), load_posts(session))
+"""
+    )
+    _ini(pytester)
+    result = run_sa(pytester)
+    # The other task's operation is still in flight when the test leaves `async with`: on
+    # PostgreSQL closing the session fails too (ours then shows as the hint of that failure),
+    # and the connection it held is a leak at teardown.
+    assert result.parseoutcomes()["failed"] == 2
+    result.stdout.fnmatch_lines(
+        [
+            "*ConcurrentSessionError: one AsyncSession used by two tasks at once: task '*' "
+            "started an operation at test_shared.py:12 in load_posts while the one task '*' "
+            "started at test_shared.py:8 in load_users was still in flight*",
+            "fix: a session per task — `async with sessionmaker() as session:` inside each "
+            "task — or run them one after the other*",
+        ]
+    )
+    result.stdout.fnmatch_lines(
+        [
+            "*at test_shared.py:12 in load_posts while the one task '*' started at "
+            "test_shared.py:1[68] in rename was still in flight*"
+        ]
+    )
+
+
+def test_sessions_of_their_own_and_one_after_the_other_pass(
+    pytester: pytest.Pytester, sa_project: str
+) -> None:
+    pytester.makepyfile(
+        test_fine=SERVICES
+        + """
+
+async def test_sequential(sessionmaker):
+    async with sessionmaker() as session:
+        await load_users(session)
+        await load_posts(session)
+        await rename(session)
+        await session.commit()
+
+
+async def test_a_session_per_task(sessionmaker):
+    async def users():
+        async with sessionmaker() as session:
+            return await load_users(session)
+
+    async def posts():
+        async with sessionmaker() as session:
+            return await load_posts(session)
+
+    await asyncio.gather(*(f() for f in (users, posts, users, posts)))
+
+
+async def test_other_task_between_operations(sessionmaker):
+    async with sessionmaker() as session:
+        async def later():
+            await asyncio.sleep(0.05)
+            return await load_posts(session)
+
+        task = asyncio.create_task(later())
+        await load_users(session)
+        assert len(await task) == 2
+"""
+    )
+    _ini(pytester)
+    result = run_sa(pytester)
+    result.assert_outcomes(passed=3)
+
+
+def test_swallowed_concurrent_use_fails_at_teardown(
+    pytester: pytest.Pytester, sa_project: str
+) -> None:
+    pytester.makepyfile(
+        test_swallow=SERVICES
+        + """
+
+async def test_swallows(sessionmaker):
+    async with sessionmaker() as session:
+        results = await asyncio.gather(
+            load_users(session), load_posts(session), return_exceptions=True
+        )
+    assert any(isinstance(r, Exception) for r in results)
+"""
+    )
+    _ini(pytester)
+    result = run_sa(pytester)
+    result.assert_outcomes(passed=1, errors=1)
+    result.stdout.fnmatch_lines(
+        [
+            "*ERROR at teardown of test_swallows*",
+            "pytest-loopguard caught 1 SQLAlchemy mistake(s) in this test:",
+            "ConcurrentSessionError: one AsyncSession used by two tasks at once*",
+        ]
+    )
+
+
+def test_sqlalchemy_own_concurrency_errors_get_the_hint_unguarded(
+    pytester: pytest.Pytester, sa_project: str
+) -> None:
+    pytester.makepyfile(
+        """
+        from sqlalchemy.exc import InvalidRequestError
+
+        async def test_as_sqlalchemy_says_it():
+            raise InvalidRequestError(
+                "This session is provisioning a new connection; concurrent operations are "
+                "not permitted"
+            )
+        """
+    )
+    result = run_sa(pytester)
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines(
+        [
+            "*- hint (pytest-loopguard) -*",
+            "One AsyncSession used by two tasks at once*",
+            "fix: a session per task*",
+        ]
+    )
+
+
+# -- connections never given back -------------------------------------------------------------
+
+
+def test_unclosed_session_and_connection_fail_at_teardown(
+    pytester: pytest.Pytester, sa_project: str
+) -> None:
+    pytester.makepyfile(
+        test_leaks=SERVICES
+        + """
+
+async def test_session_left_open(sessionmaker):
+    session = sessionmaker()
+    await load_users(session)
+
+
+async def test_connection_left_open(engine):
+    conn = await engine.connect()
+    await conn.execute(text("select 1"))
+
+
+async def test_reclaimed_by_the_gc_still_counts(sessionmaker):
+    session = sessionmaker()
+    await load_users(session)
+    del session
+    gc.collect()
+"""
+    )
+    _ini(pytester)
+    result = run_sa(pytester, "-W", "ignore::sqlalchemy.exc.SAWarning")
+    result.assert_outcomes(passed=3, errors=3)
+    result.stdout.fnmatch_lines(
+        [
+            "*ERROR at teardown of test_session_left_open*",
+            "1 database connection(s) taken by this test and never given back:",
+            "  an AsyncSession took a connection at test_leaks.py:8 in load_users",
+            "fix: close what you open — `async with sessionmaker() as session:`*",
+            "*ERROR at teardown of test_connection_left_open*",
+            "  an AsyncConnection took a connection at test_leaks.py:27 in test_connection_*",
+            "*ERROR at teardown of test_reclaimed_by_the_gc_still_counts*",
+            "  an AsyncSession took a connection at test_leaks.py:8 in load_users",
+        ]
+    )
+
+
+def test_closed_ones_and_wider_scoped_fixtures_are_not_leaks(
+    pytester: pytest.Pytester, sa_project: str
+) -> None:
+    pytester.makepyfile(
+        test_no_leaks=SERVICES
+        + """
+import pytest_asyncio
+from sqlalchemy.ext.asyncio import create_async_engine
+from conftest import DB_URL
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def shared_conn():
+    engine = create_async_engine(DB_URL)
+    conn = await engine.connect()
+    yield conn
+    await conn.close()
+    await engine.dispose()
+
+
+@pytest.fixture
+async def session(sessionmaker):
+    session = sessionmaker()
+    yield session
+    await session.close()
+
+
+@pytest.mark.asyncio(loop_scope="module")
+async def test_module_connection_stays_open(shared_conn):
+    await shared_conn.execute(text("select 1"))
+
+
+@pytest.mark.asyncio(loop_scope="module")
+async def test_module_connection_still_open(shared_conn):
+    await shared_conn.execute(text("select 2"))
+
+
+async def test_fixture_closes_it_after_the_guard_asked_first(session, loopguard_sqlalchemy):
+    await load_users(session)
+
+
+async def test_closed_explicitly(sessionmaker, engine):
+    session = sessionmaker()
+    try:
+        await load_users(session)
+    finally:
+        await session.close()
+    async with engine.connect() as conn:
+        await conn.execute(text("select 1"))
+"""
+    )
+    _ini(pytester)
+    result = run_sa(pytester)
+    result.assert_outcomes(passed=4)
