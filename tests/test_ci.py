@@ -160,6 +160,6 @@ def test_coverage_is_said_in_the_header_and_fixed_routes_stay_clean(
         result = pytester.runpytest_subprocess(*ASYNCIO, *args, "conftest_examples")
     finally:
         os.environ.pop("DATABASE_URL", None)
-    result.assert_outcomes(passed=10)
+    result.assert_outcomes(passed=13)
     result.stdout.fnmatch_lines(["loopguard: * — a tracer (coverage) is active: *"])
     result.stdout.no_fnmatch_line("*LoopBlockedError*")

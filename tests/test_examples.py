@@ -114,10 +114,12 @@ PITFALLS = [
         ],
     ),
     ("test_fixed_session_never_closed", None),
+    ("test_broken_n_plus_one_queries", None),  # passes with a warning: see NPLUSONE_WARNING
+    ("test_fixed_n_plus_one_queries", None),
     (
         "test_broken_profile_loop",
         [
-            f"{BLOCKED}{PITS}:111 in blocking_route_simulation",
+            f"{BLOCKED}{PITS}:122 in blocking_route_simulation",
             "    time.sleep(0.3)  # this blocks the entire event loop",
             SLEEP_FIX,
         ],
@@ -142,6 +144,11 @@ def run_examples(pytester: pytest.Pytester, *args: str) -> pytest.RunResult:
     return pytester.runpytest_subprocess(*plugins, "-v", *args)
 
 
+NPLUSONE_WARNING = [
+    f"*{SHOP}:238: PytestWarning: N+1 queries: the same SELECT ran 12 times from "
+    f"{SHOP}:238 in broken_titles (loads of Post): one round trip to the database per item",
+    "  fix: one query for all of them: `select(Post).where(Post.id.in_(ids))`*",
+]
 # Broken twins that pass but fail at teardown (the leak check runs once the test is over).
 AT_TEARDOWN = {"test_broken_session_never_closed"}
 
@@ -162,6 +169,7 @@ def test_fastapi_sqlalchemy_example(pytester: pytest.Pytester, examples: Path) -
     for part in (broken, sorted(AT_TEARDOWN)):
         expected = [line for name, lines in PITFALLS if name in part for line in lines or ()]
         result.stdout.fnmatch_lines(expected)
+    result.stdout.fnmatch_lines(NPLUSONE_WARNING)
 
 
 def test_quickstart_example(pytester: pytest.Pytester, examples: Path) -> None:

@@ -12,7 +12,7 @@ from typing import Annotated, Any
 
 import httpx
 import requests
-from fastapi import Depends, FastAPI, Request
+from fastapi import Depends, FastAPI, Query, Request
 from sqlalchemy import ForeignKey, String, select, text
 from sqlalchemy.ext.asyncio import AsyncAttrs, AsyncSession, async_sessionmaker
 from sqlalchemy.orm import (
@@ -228,3 +228,20 @@ async def broken_count(request: Request) -> int:
 async def fixed_count(request: Request) -> int:
     async with request.app.state.sessionmaker() as db:
         return len(await user_names(db))
+
+
+# -- N+1 queries through awaits -----------------------------------------------------------------
+@app.get("/broken/posts")
+async def broken_titles(ids: Annotated[list[int], Query()], db: DB) -> list[str]:
+    titles = []
+    for post_id in ids:
+        post = await db.get(Post, post_id)  # one query per id
+        if post is not None:
+            titles.append(post.title)
+    return titles
+
+
+@app.get("/fixed/posts")
+async def fixed_titles(ids: Annotated[list[int], Query()], db: DB) -> list[str]:
+    posts = (await db.execute(select(Post).where(Post.id.in_(ids)))).scalars()
+    return [post.title for post in posts]

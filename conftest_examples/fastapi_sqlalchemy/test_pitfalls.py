@@ -106,6 +106,17 @@ async def test_fixed_session_never_closed(client):
     assert (await client.get("/fixed/users/count")).json() == 2
 
 
+async def test_broken_n_plus_one_queries(client):
+    # A warning by default (loop_block_strict makes it a failure): see the warnings summary.
+    reply = await client.get("/broken/posts", params={"ids": list(range(1, 13))})
+    assert reply.json() == ["Notes on the engine"]
+
+
+async def test_fixed_n_plus_one_queries(client):
+    reply = await client.get("/fixed/posts", params={"ids": list(range(1, 13))})
+    assert reply.json() == ["Notes on the engine"]
+
+
 # The lesson's profile_loop.py: a blocking coroutine in gather delays asyncio.sleep(0.1).
 async def blocking_route_simulation():
     time.sleep(0.3)  # this blocks the entire event loop

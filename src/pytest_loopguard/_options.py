@@ -49,6 +49,14 @@ ANNOTATIONS_HELP = (
     "mode) workflow command per block, at its file and line (auto/true/false; default auto: "
     "on unless pytest-github-actions-annotate-failures annotates them already)."
 )
+NPLUSONE_HELP = (
+    "With the SQLAlchemy guards on: report the same SELECT (same statement, other parameters) "
+    "run this many times from one line of a test's code, an N+1 through awaits — a warning at "
+    "the line, a failure under loop_block_strict (a whole number >= 2, or 0/off; default 10)."
+)
+NPLUSONE_MARKER = (
+    "allow_nplusone: this test may run the same SELECT many times from one line (pytest-loopguard)."
+)
 LAZY_MARKER = (
     "allow_lazy_loads: this test opts out of the loopguard_sqlalchemy guards (pytest-loopguard)."
 )
@@ -94,5 +102,6 @@ OPTIONS = (
     ),
     Option("loop_block_allow", None, None, "linelist", [], ALLOW_HELP),
     Option("loop_guard_sqlalchemy", None, None, "string", "false", SQLALCHEMY_HELP),
+    Option("loop_sqlalchemy_nplusone", None, None, "string", "10", NPLUSONE_HELP),
 )
-MARKERS = (THRESHOLD_MARKER, ALLOW_MARKER, LAZY_MARKER)
+MARKERS = (THRESHOLD_MARKER, ALLOW_MARKER, LAZY_MARKER, NPLUSONE_MARKER)

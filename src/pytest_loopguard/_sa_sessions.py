@@ -127,10 +127,10 @@ def at(frame: FrameType | None, root: str | None) -> str:
     if frame is None:
         return "an unknown line"
     info = describe(frame, frame.f_lineno or 0)
-    return _place(info, root)
+    return place(info, root)
 
 
-def _place(info: FrameInfo, root: str | None) -> str:
+def place(info: FrameInfo, root: str | None) -> str:
     path = relative(info.filename, None if root is None else Path(root))
     return f"{path}:{info.lineno} in {info.function}"
 
@@ -186,7 +186,7 @@ def leak_message(leaks: list[Checkout], root: str | None) -> str:
     """The teardown failure for connections a test never gave back."""
     lines = [f"{len(leaks)} database connection(s) taken by this test and never given back:"]
     for leak in leaks:
-        where = "an unknown line" if leak.where is None else _place(leak.where, root)
+        where = "an unknown line" if leak.where is None else place(leak.where, root)
         lines.append(f"  an {leak.by} took a connection at {where}")
     lines.append(
         "fix: close what you open — `async with sessionmaker() as session:` / "

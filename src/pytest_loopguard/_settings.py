@@ -78,6 +78,8 @@ class Settings:
     tracer: str | None = None  # a tracer (coverage) slows the code down: said in the header
     # GitHub Actions workflow commands, where GITHUB_ACTIONS=true; None: auto (see _annotations)
     annotations: bool | None = None
+    # The SQLAlchemy guards report the same SELECT run this many times from one line (None: off).
+    nplusone: int | None = 10
 
 
 SETTINGS_KEY = pytest.StashKey[Settings]()
@@ -129,6 +131,20 @@ def _flag(config: pytest.Config, name: str) -> bool:
     return parse_bool(config.getini(name), f"ini {name}")
 
 
+def parse_nplusone(raw: object, source: str) -> int | None:
+    """The N+1 threshold: a whole number >= 2, None for 0/off, else a UsageError."""
+    text = str(raw).strip().lower()
+    if text in ("0", "off", "false", "no"):
+        return None
+    if text.isdigit() and int(text) >= 2:
+        return int(text)
+    raise pytest.UsageError(
+        f"pytest-loopguard: {raw!r} from {source} is not a valid loop_sqlalchemy_nplusone: "
+        "expected a whole number >= 2 (how many times the same SELECT may run from one line), "
+        "or 0/off"
+    )
+
+
 def _annotations(config: pytest.Config) -> bool | None:
     # None is auto (the default): on, unless pytest-github-actions-annotate-failures is
     # active, which annotates the same failures and warnings at the same lines.
@@ -163,6 +179,9 @@ def resolve(config: pytest.Config) -> Settings:
         allow=allow,
         timeout=None if debugger else timeout,
         strict=_flag(config, "loop_block_strict"),
+        nplusone=parse_nplusone(
+            config.getini("loop_sqlalchemy_nplusone"), "ini loop_sqlalchemy_nplusone"
+        ),
     )
 
 

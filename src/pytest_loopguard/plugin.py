@@ -7,6 +7,7 @@ engine is leased once for the session, and every text comes from ``_report``.
 from __future__ import annotations
 
 import argparse
+import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -20,7 +21,7 @@ from ._events import BlockEvent
 from ._guard import LoopGuard
 from ._options import MARKERS, OPTIONS
 from ._phases import ITEM_SETTINGS, PhaseEnds, TestRun, Watch
-from ._settings import SETTINGS_KEY
+from ._settings import SETTINGS_KEY, Settings
 
 _WATCH = pytest.StashKey[Watch]()
 
@@ -168,6 +169,12 @@ def _guards() -> Any:
     return guards
 
 
+def _item_settings(request: pytest.FixtureRequest) -> Settings:
+    node, config = request.node, request.config
+    found = node.stash.get(ITEM_SETTINGS, None) if isinstance(node, pytest.Item) else None
+    return found if found is not None else config.stash[SETTINGS_KEY]
+
+
 def _swallowed(item: pytest.Item, errors: list[BaseException]) -> bool:
     """Whether none of ``errors`` reached pytest as the test's own failure."""
     run = _run_of(item)
@@ -182,11 +189,19 @@ def loopguard_sqlalchemy_fixture(request: pytest.FixtureRequest) -> Iterator[obj
     if request.node.get_closest_marker("allow_lazy_loads") is not None:
         yield None
         return
-    root = str(_root(request.config))
-    with guards.SQLAlchemyGuard(root=root) as guard:
+    root, settings = str(_root(request.config)), _item_settings(request)
+    nplusone = None if request.node.get_closest_marker("allow_nplusone") else settings.nplusone
+    with guards.SQLAlchemyGuard(root=root, nplusone=nplusone) as guard:
         yield guard
     errors = [violation.error for violation in guard.violations]
     failures = [guards.leak_message(guard.leaks, root)] if guard.leaks else []
+    for found in guard.nplusone:
+        text = guards.nplusone_message(found, root, settings.strict)
+        if settings.strict:
+            failures.append(text)
+        else:  # at the line, so that pytest's warnings summary points at it
+            where = found.where
+            warnings.warn_explicit(pytest.PytestWarning(text), None, where.filename, where.lineno)
     if errors and isinstance(request.node, pytest.Item) and _swallowed(request.node, errors):
         failures.insert(0, guards.render(guard.violations))
     if failures:

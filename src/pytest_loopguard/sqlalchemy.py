@@ -26,6 +26,8 @@ from sqlalchemy.pool import Pool
 
 from ._events import LoopguardError
 from ._frames import FrameFilter, FrameInfo, describe
+from ._sa_nplusone import NPlusOne, QueryCounter
+from ._sa_nplusone import message as nplusone_message
 from ._sa_sessions import Checkout, Checkouts, ConcurrentSessionError, SessionOwners, leak_message
 from ._sa_strict import DetachedAccessError, StrictSessionFactory
 
@@ -37,6 +39,7 @@ __all__ = [
     "StrictSessionFactory",
     "SyncEngineOnLoopError",
     "leak_message",
+    "nplusone_message",
     "render",
 ]
 
@@ -136,10 +139,12 @@ class SQLAlchemyGuard:
     ``leaks`` once it is left.
     """
 
-    def __init__(self, root: str | None = None) -> None:
+    def __init__(self, root: str | None = None, nplusone: int | None = None) -> None:
         self.root = root
         self.violations: list[Violation] = []
         self.leaks: list[Checkout] = []
+        self.nplusone: list[NPlusOne] = []  # once left: SELECTs run ``nplusone`` times or more
+        self._queries = QueryCounter(nplusone) if nplusone else None
         self._owners, self._checkouts = SessionOwners(root), Checkouts()
         self._listeners: list[tuple[Any, str, Callable[..., Any]]] = [
             (Session, "do_orm_execute", self._on_orm_execute),
@@ -151,6 +156,8 @@ class SQLAlchemyGuard:
             (Pool, "checkout", self._checkouts.on_checkout),
             (Pool, "checkin", self._checkouts.on_checkin),
         ]
+        if self._queries is not None:
+            self._listeners.append((Engine, "before_cursor_execute", self._queries.cursor))
 
     def __enter__(self) -> SQLAlchemyGuard:
         added = []
@@ -172,6 +179,7 @@ class SQLAlchemyGuard:
         self._checkouts.open.clear()
         for leak in self.leaks:
             leak.close()
+        self.nplusone = [] if self._queries is None else self._queries.found()
 
     def _record(self, kind: str, message: str, where: FrameInfo | None, error: Exception) -> None:
         error.where = where  # type: ignore[attr-defined]  # the failure points at it
@@ -192,6 +200,8 @@ class SQLAlchemyGuard:
         # by SQLAlchemy's greenlet) must return after a few cheap checks.
         if _in_greenlet():
             self._starting(state.session)
+            if self._queries is not None:
+                self._queries.orm(state)
             return
         if not (state.is_relationship_load or state.is_column_load):
             return

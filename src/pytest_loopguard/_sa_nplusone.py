@@ -1,0 +1,138 @@
+"""N+1 through awaits: the same SELECT run N times from one line of the test's code.
+
+``await user.awaitable_attrs.posts`` or ``await session.get(Post, id)`` in a loop sends one
+query per item. The engine's ``before_cursor_execute`` sees each statement as SQL text, the same
+string for the same statement shape whatever its parameters; counted by (text, the user's line).
+``do_orm_execute``, just before it in the same greenlet, says what the ORM was doing: a lazy
+load of ``User.posts``, a ``get`` of ``Post``, or an eager loader's batched follow-up query
+(selectinload sends one per 500 parents, by design: never counted). Only SELECTs count, and
+only single executions: a flush's INSERTs, and ``executemany``, are not N+1.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections import Counter
+from dataclasses import dataclass
+from types import CodeType, FrameType
+from typing import Any
+
+from greenlet import getcurrent
+
+from ._frames import FrameFilter, FrameInfo, RawFrame, raw, resolve
+from ._greenlets import walk
+from ._sa_sessions import place
+
+
+@dataclass(frozen=True)
+class NPlusOne:
+    """A SELECT run ``count`` times from one line."""
+
+    taken: RawFrame
+    count: int
+    what: str | None  # "User.posts" (a relationship) or "Post" (an entity), when known
+    lazy: bool  # lazy loads of a relationship (else one query per ``get`` or ``execute``)
+
+    @property
+    def where(self) -> FrameInfo:
+        return resolve(self.taken)
+
+    def fix(self) -> str:
+        if self.lazy and self.what:
+            model, _, key = self.what.partition(".")
+            return (
+                f"load them in the first query: `select({model}).options(selectinload("
+                f'{self.what}))`, or `relationship(..., lazy="selectin")` on {model}.{key}'
+            )
+        entity = self.what or "Model"
+        return (
+            f"one query for all of them: `select({entity}).where({entity}.id.in_(ids))` "
+            "instead of one per item"
+        )
+
+
+class QueryCounter:
+    """Counts SELECTs by statement and user line while the guard is active. Runs for every
+    statement: the ORM's state is only kept, and read once per (statement, line)."""
+
+    def __init__(self, threshold: int) -> None:
+        self.threshold = threshold
+        self._counts: Counter[tuple[str, CodeType, int]] = Counter()
+        # The first time each (statement, line) ran: the line, what the ORM loaded, and
+        # whether it was an eager loader's follow-up (never an N+1).
+        self._first: dict[tuple[str, CodeType, int], tuple[RawFrame, str | None, bool, bool]] = {}
+        self._pending: dict[Any, Any] = {}  # by greenlet: the ORM state of its next statement
+        self._user = FrameFilter()
+
+    def orm(self, state: Any) -> None:
+        """``do_orm_execute``, in the greenlet that sends the statement next."""
+        self._pending[getcurrent()] = state
+
+    def cursor(
+        self, conn: Any, cursor: Any, statement: str, parameters: Any, context: Any, many: bool
+    ) -> None:
+        """``before_cursor_execute``: count a SELECT against the line that ran it."""
+        greenlet = getcurrent()
+        state = self._pending.pop(greenlet, None)
+        if many or not statement.lstrip().upper().startswith("SELECT"):
+            return
+        user = self._user_frame(greenlet)
+        if user is None:
+            return
+        key = (statement, user.f_code, user.f_lineno or 0)
+        self._counts[key] += 1
+        if key not in self._first:
+            self._first[key] = (raw(user, key[2]), *_described(state))
+
+    def _user_frame(self, greenlet: Any) -> FrameType | None:
+        """The first user frame out from the statement. Inside AsyncSession's bridge it is
+        above the greenlet: start from the frame that spawned it (``greenlet_spawn``), not
+        from the twenty-odd SQLAlchemy frames inside."""
+        parent: Any = getattr(greenlet, "parent", None)
+        top = getattr(parent, "gr_frame", None)
+        if top is not None and getattr(greenlet, "__sqlalchemy_greenlet_provider__", False):
+            frames = walk(top, parent if parent.parent is not None else None)
+        else:
+            frames = walk(sys._getframe(2), greenlet)
+        is_user = self._user.is_user
+        for frame in frames:
+            if is_user(frame):
+                return frame
+        return None
+
+    def found(self) -> list[NPlusOne]:
+        """Every (statement, line) run at least ``threshold`` times, most first."""
+        return [
+            NPlusOne(first[0], count, first[1], first[2])
+            for key, count in self._counts.most_common()
+            if count >= self.threshold and not (first := self._first[key])[3]
+        ]
+
+
+def _described(state: Any) -> tuple[str | None, bool, bool]:
+    """What an ORM SELECT loads: (``Model.relationship``, lazy, eager) — a lazy load, or an
+    eager loader's batched follow-up (selectinload) — else (``Model``, False, False)."""
+    if state is None or not state.is_select:
+        return None, False, False
+    if state.is_relationship_load and state.lazy_loaded_from is None:
+        return None, False, True
+    if state.lazy_loaded_from is not None:
+        for element in reversed(tuple(getattr(state.loader_strategy_path, "path", ()))):
+            parent = getattr(element, "parent", None)
+            if getattr(element, "direction", None) is not None and parent is not None:
+                return f"{parent.class_.__name__}.{element.key}", True, False
+        return None, True, False
+    mappers = getattr(state, "all_mappers", ())
+    return (mappers[0].class_.__name__ if mappers else None), False, False
+
+
+def message(found: NPlusOne, root: str | None, strict: bool) -> str:
+    """The warning (or, under strict, failure) text for one N+1."""
+    where = place(found.where, root)
+    kind = "lazy loads" if found.lazy else "loads"
+    what = f" ({kind} of {found.what})" if found.what else ""
+    return (
+        f"N+1 queries: the same SELECT ran {found.count} times from {where}{what}: one round "
+        f"trip to the database per item\nfix: {found.fix()}"
+        + ("" if strict else "\n(a warning; loop_block_strict makes it a failure)")
+    )
