@@ -195,17 +195,24 @@ def loopguard_sqlalchemy_fixture(request: pytest.FixtureRequest) -> Iterator[obj
         yield guard
     errors = [violation.error for violation in guard.violations]
     failures = [guards.leak_message(guard.leaks, root)] if guard.leaks else []
-    for found in guard.nplusone:
-        text = guards.nplusone_message(found, root, settings.strict)
-        if settings.strict:
-            failures.append(text)
-        else:  # at the line, so that pytest's warnings summary points at it
-            where = found.where
-            warnings.warn_explicit(pytest.PytestWarning(text), None, where.filename, where.lineno)
+    failures += _nplusone(guards, guard, root, settings.strict)
     if errors and isinstance(request.node, pytest.Item) and _swallowed(request.node, errors):
         failures.insert(0, guards.render(guard.violations))
     if failures:
         pytest.fail("\n\n".join(failures), pytrace=False)
+
+
+def _nplusone(guards: Any, guard: Any, root: str, strict: bool) -> list[str]:
+    """Each N+1 the guard found: a warning at its line, or (strict) a failure's text."""
+    failures = []
+    for found in guard.nplusone:
+        text = guards.nplusone_message(found, root, strict)
+        if strict:
+            failures.append(text)
+        else:  # at the line, so that pytest's warnings summary points at it
+            where = found.where
+            warnings.warn_explicit(pytest.PytestWarning(text), None, where.filename, where.lineno)
+    return failures
 
 
 @pytest.fixture(name="loopguard_sessionmaker")
