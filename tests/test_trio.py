@@ -486,3 +486,34 @@ def test_the_instrument_never_raises_into_trio(monkeypatch: pytest.MonkeyPatch) 
             assert trio.run(main) == 7
         monkeypatch.undo()
     assert calls == []
+
+
+def test_allowlist_and_ini_threshold_on_trio(pytester: pytest.Pytester) -> None:
+    """The allowlist and the ini threshold work on trio as on asyncio."""
+    pytester.makepyfile(
+        vendor_sdk="import time\n\ndef warm_up():\n    time.sleep(0.3)\n",
+        test_trio_vendor="""
+        import time, trio, vendor_sdk
+
+        async def test_warm_up():
+            vendor_sdk.warm_up()
+
+        async def test_own_block():
+            await trio.sleep(0)
+            time.sleep(0.3)
+
+        async def test_under_the_ini_threshold():
+            time.sleep(0.2)
+        """,
+    )
+    pytester.syspathinsert()
+    extra = f"{TRIO_MODE}\nloop_block_threshold = 0.25\nloop_block_allow =\n    vendor_sdk"
+    result = run_trio(pytester, "-v", extra=extra)
+    result.assert_outcomes(passed=2, failed=1)
+    result.stdout.fnmatch_lines(
+        [
+            "*test_trio_vendor.py::test_warm_up PASSED*",
+            "*test_trio_vendor.py::test_under_the_ini_threshold PASSED*",
+            blocked("test_trio_vendor.py:8 in test_own_block", threshold="0.25"),
+        ]
+    )
