@@ -109,7 +109,8 @@ PITFALLS = [
         "test_broken_session_never_closed",
         [
             "1 database connection(s) taken by this test and never given back:",
-            f"  an AsyncSession took a connection at {SHOP}:195 in user_names",
+            f"  an AsyncSession created at {SHOP}:223 in broken_count took a connection at "
+            f"{SHOP}:195 in user_names",
             "fix: close what you open*",
         ],
     ),

@@ -198,6 +198,7 @@ async def test_connection_left_open(engine):
     await conn.execute(text("select 1"))
 
 
+@pytest.mark.allow_blocking(reason="an explicit gc.collect() may take 0.1 s on a busy machine")
 async def test_reclaimed_by_the_gc_still_counts(sessionmaker):
     session = sessionmaker()
     await load_users(session)
@@ -212,12 +213,14 @@ async def test_reclaimed_by_the_gc_still_counts(sessionmaker):
         [
             "*ERROR at teardown of test_session_left_open*",
             "1 database connection(s) taken by this test and never given back:",
-            "  an AsyncSession took a connection at test_leaks.py:8 in load_users",
+            "  an AsyncSession created at test_leaks.py:22 in test_session_left_open took a "
+            "connection at test_leaks.py:8 in load_users",
             "fix: close what you open — `async with sessionmaker() as session:`*",
             "*ERROR at teardown of test_connection_left_open*",
             "  an AsyncConnection took a connection at test_leaks.py:27 in test_connection_*",
             "*ERROR at teardown of test_reclaimed_by_the_gc_still_counts*",
-            "  an AsyncSession took a connection at test_leaks.py:8 in load_users",
+            "  an AsyncSession created at test_leaks.py:33 in test_reclaimed_by_the_gc_still_"
+            "counts took a connection at test_leaks.py:8 in load_users",
         ]
     )
 
@@ -276,3 +279,24 @@ async def test_closed_explicitly(sessionmaker, engine):
     _ini(pytester)
     result = run_sa(pytester)
     result.assert_outcomes(passed=4)
+
+
+def test_the_guard_leaves_nothing_behind() -> None:
+    """No listener, and not the wrapper that notes where sessions are made, outlives a guard."""
+    from sqlalchemy import event
+    from sqlalchemy.engine import Engine
+    from sqlalchemy.ext.asyncio import AsyncSession
+    from sqlalchemy.orm import Session
+    from sqlalchemy.pool import Pool
+
+    from pytest_loopguard.sqlalchemy import SQLAlchemyGuard
+
+    before = AsyncSession.__dict__["__init__"]
+    guard = SQLAlchemyGuard(nplusone=10)
+    with guard:
+        assert AsyncSession.__dict__["__init__"] is not before
+        listeners = list(guard._listeners)
+        assert all(event.contains(target, name, fn) for target, name, fn in listeners)
+    assert AsyncSession.__dict__["__init__"] is before
+    assert not any(event.contains(target, name, fn) for target, name, fn in listeners)
+    assert {target for target, _, _ in listeners} == {Session, Engine, Pool}

@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import sys
 import weakref
+from collections.abc import Callable
 from contextlib import suppress
 from dataclasses import dataclass
 from pathlib import Path
@@ -142,10 +143,15 @@ class Checkout:
     taken: RawFrame | None  # the user's line that took it (read from its file once leaked)
     by: str  # "AsyncSession" or "AsyncConnection"
     entry: Any  # a weak reference to the pool's ``ConnectionPoolEntry``
+    created: RawFrame | None = None  # where the AsyncSession was made, when it was one
 
     @property
     def where(self) -> FrameInfo | None:
         return None if self.taken is None else resolve(self.taken)
+
+    @property
+    def made(self) -> FrameInfo | None:
+        return None if self.created is None else resolve(self.created)
 
     def close(self) -> None:
         """Close the leaked connection: on PostgreSQL it may hold locks in an open
@@ -158,28 +164,62 @@ class Checkout:
 
 
 class Checkouts:
-    """The connections taken while active and not yet given back."""
+    """The connections taken while active and not yet given back, and where each
+    AsyncSession made meanwhile was created (where its ``async with`` belongs)."""
 
     def __init__(self) -> None:
         self.open: dict[int, Checkout] = {}  # by id of the pool's connection record
+        self.created: weakref.WeakKeyDictionary[Any, RawFrame] = weakref.WeakKeyDictionary()
         self._user = FrameFilter()
+
+    def on_session(self, session: Any) -> None:
+        """An AsyncSession was just made (see ``watch_sessions``): note the user's line."""
+        user = self._first_user(sys._getframe(2), None)
+        if user is not None:
+            self.created[session.sync_session] = raw(user, user.f_lineno or 0)
 
     def on_checkout(self, dbapi_connection: Any, record: Any, proxy: Any) -> None:
         # Once per checkout (per session or connection, not per query): the frames up to the
-        # first user one, kept raw.
+        # first user one, kept raw, and the session taking it (a SessionTransaction's).
         if id(record) in self.open:
             return
-        session, user = False, None
+        session, user = None, None
         for frame in walk(sys._getframe(1), getcurrent()):
             if self._user.is_user(frame):
                 user = raw(frame, frame.f_lineno or 0)
                 break
-            session = session or frame.f_globals.get("__name__", "").startswith("sqlalchemy.orm")
-        by = "AsyncSession" if session else "AsyncConnection"
-        self.open[id(record)] = Checkout(user, by, weakref.ref(record))
+            if session is None and frame.f_code.co_name == "_connection_for_bind":
+                session = getattr(frame.f_locals.get("self"), "session", None)
+        by = "AsyncConnection" if session is None else "AsyncSession"
+        made = None if session is None else self.created.get(session)
+        self.open[id(record)] = Checkout(user, by, weakref.ref(record), made)
+
+    def _first_user(self, top: FrameType | None, greenlet: Any) -> FrameType | None:
+        return next((f for f in walk(top, greenlet) if self._user.is_user(f)), None)
 
     def on_checkin(self, dbapi_connection: Any, record: Any) -> None:
         self.open.pop(id(record), None)
+
+
+def watch_sessions(created: Callable[[Any], None]) -> Callable[[], None]:
+    """Tell ``created`` of every AsyncSession made from now on; returns how to stop. (A
+    wrapper of ``AsyncSession.__init__``: SQLAlchemy has no event for a session's creation.)"""
+    from sqlalchemy.ext.asyncio import AsyncSession
+
+    original = AsyncSession.__init__
+
+    def __init__(session: Any, *args: Any, **kwargs: Any) -> None:
+        original(session, *args, **kwargs)
+        created(session)
+
+    __init__.__wrapped__ = original  # type: ignore[attr-defined]
+    AsyncSession.__init__ = __init__  # type: ignore[method-assign,assignment]
+
+    def stop() -> None:
+        if AsyncSession.__dict__.get("__init__") is __init__:  # else theirs stays
+            AsyncSession.__init__ = original  # type: ignore[method-assign]
+
+    return stop
 
 
 def leak_message(leaks: list[Checkout], root: str | None) -> str:
@@ -187,7 +227,8 @@ def leak_message(leaks: list[Checkout], root: str | None) -> str:
     lines = [f"{len(leaks)} database connection(s) taken by this test and never given back:"]
     for leak in leaks:
         where = "an unknown line" if leak.where is None else place(leak.where, root)
-        lines.append(f"  an {leak.by} took a connection at {where}")
+        made = "" if leak.made is None else f" created at {place(leak.made, root)}"
+        lines.append(f"  an {leak.by}{made} took a connection at {where}")
     lines.append(
         "fix: close what you open — `async with sessionmaker() as session:` / "
         "`async with engine.connect() as conn:` around its use (or `await session.close()` in "

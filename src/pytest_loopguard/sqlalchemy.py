@@ -28,7 +28,14 @@ from ._events import LoopguardError
 from ._frames import FrameFilter, FrameInfo, describe
 from ._sa_nplusone import NPlusOne, QueryCounter
 from ._sa_nplusone import message as nplusone_message
-from ._sa_sessions import Checkout, Checkouts, ConcurrentSessionError, SessionOwners, leak_message
+from ._sa_sessions import (
+    Checkout,
+    Checkouts,
+    ConcurrentSessionError,
+    SessionOwners,
+    leak_message,
+    watch_sessions,
+)
 from ._sa_strict import DetachedAccessError, StrictSessionFactory
 
 __all__ = [
@@ -146,6 +153,7 @@ class SQLAlchemyGuard:
         self.nplusone: list[NPlusOne] = []  # once left: SELECTs run ``nplusone`` times or more
         self._queries = QueryCounter(nplusone) if nplusone else None
         self._owners, self._checkouts = SessionOwners(root), Checkouts()
+        self._unwatch: Callable[[], None] = lambda: None
         self._listeners: list[tuple[Any, str, Callable[..., Any]]] = [
             (Session, "do_orm_execute", self._on_orm_execute),
             (Session, "before_flush", lambda session, *_: self._starting(session)),
@@ -169,9 +177,11 @@ class SQLAlchemyGuard:
             for target, name, fn in added:
                 event.remove(target, name, fn)
             raise
+        self._unwatch = watch_sessions(self._checkouts.on_session)
         return self
 
     def __exit__(self, *exc: object) -> None:
+        self._unwatch()
         for target, name, fn in self._listeners:
             if event.contains(target, name, fn):
                 event.remove(target, name, fn)
