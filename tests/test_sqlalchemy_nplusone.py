@@ -137,3 +137,29 @@ def test_off_switch_and_bad_values(pytester: pytest.Pytester, sa_project: str) -
             f"'{bad}' from ini loop_sqlalchemy_nplusone is not a valid loop_sqlalchemy_nplusone:"
             " expected a whole number >= 2*",
         )
+
+
+def test_schema_checks_and_core_work_are_not_counted(
+    pytester: pytest.Pytester, sa_project: str
+) -> None:
+    """`metadata.create_all` checks each table with the same SELECT from one line (seen on
+    PostgreSQL): Core work on a connection, never an N+1, whatever the number of tables."""
+    pytester.makepyfile(
+        """
+        from sqlalchemy import MetaData, Table, Column, Integer, text
+
+        async def test_many_tables(engine):
+            metadata = MetaData()
+            for i in range(12):
+                Table(f"lg_extra_{i}", metadata, Column("id", Integer, primary_key=True))
+            async with engine.begin() as conn:
+                await conn.run_sync(metadata.create_all)
+                await conn.run_sync(metadata.drop_all)
+                for i in range(12):
+                    await conn.execute(text("select 1 where 1 = :i"), {"i": i})
+        """
+    )
+    write_ini(pytester, "auto", "loop_guard_sqlalchemy = true\nloop_sqlalchemy_nplusone = 2")
+    result = run_sa(pytester)
+    result.assert_outcomes(passed=1)
+    result.stdout.no_fnmatch_line("*N+1*")

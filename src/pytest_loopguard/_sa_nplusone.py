@@ -2,7 +2,9 @@
 
 ``await user.awaitable_attrs.posts`` or ``await session.get(Post, id)`` in a loop sends one
 query per item. The engine's ``before_cursor_execute`` sees each statement as SQL text, the same
-string for the same statement shape whatever its parameters; counted by (text, the user's line).
+string for the same statement shape whatever its parameters; counted by (text, the user's line),
+for the statements an ORM session sends (Core work on a connection, such as the per-table
+checks of ``metadata.create_all``, is not counted).
 ``do_orm_execute``, just before it in the same greenlet, says what the ORM was doing: a lazy
 load of ``User.posts``, a ``get`` of ``Post``, or an eager loader's batched follow-up query
 (selectinload sends one per 500 parents, by design: never counted). Only SELECTs count, and
@@ -74,7 +76,9 @@ class QueryCounter:
         """``before_cursor_execute``: count a SELECT against the line that ran it."""
         greenlet = getcurrent()
         state = self._pending.pop(greenlet, None)
-        if many or not statement.lstrip().upper().startswith("SELECT"):
+        # Only what an ORM session sends: schema checks (``metadata.create_all`` asks once per
+        # table), migrations and other Core work on a connection are not an N+1.
+        if state is None or many or not statement.lstrip().upper().startswith("SELECT"):
             return
         user = self._user_frame(greenlet)
         if user is None:
@@ -109,10 +113,10 @@ class QueryCounter:
         ]
 
 
-def _described(state: Any) -> tuple[str | None, bool, bool]:
+def _described(state: Any) -> tuple[str | None, bool, bool]:  # an ORMExecuteState
     """What an ORM SELECT loads: (``Model.relationship``, lazy, eager) — a lazy load, or an
     eager loader's batched follow-up (selectinload) — else (``Model``, False, False)."""
-    if state is None or not state.is_select:
+    if not state.is_select:
         return None, False, False
     if state.is_relationship_load and state.lazy_loaded_from is None:
         return None, False, True
