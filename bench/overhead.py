@@ -6,6 +6,7 @@
     python bench/overhead.py --on-extra=--loop-block-report=r.json  # with the JSON report
     python bench/overhead.py --variant strict=--loop-block-strict   # strict mode, in the rotation
     python bench/overhead.py --uvloop                               # every test on uvloop
+    python bench/overhead.py --uvloop --floor                       # and plugin off + idle thread
     python bench/overhead.py --suite trio-callbacks --suite tiny-trio  # pytest-trio suites
 
 ``callbacks`` (the default): async tests, each awaiting ``asyncio.sleep(0)`` many times and
@@ -23,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -126,10 +128,20 @@ trio_mode = true
 
 BODIES = {"tiny-async": TINY_ASYNC, "tiny-sync": TINY_SYNC, "tiny-trio": TINY_TRIO}
 
+# Every configuration starts its tests with the collector just run. Without it, the plugin's
+# import-time objects shift when the collector's full collections fall: one (60 ms on the
+# callbacks suite, 2% of a run) fell inside the run with the plugin on and after it with the
+# plugin off, every time, for a reason that has nothing to do with the cost per test.
+CONFTEST = """
+import gc
+{imports}
+
+def pytest_sessionstart(session):
+    gc.collect()
+"""
+
 # pytest-asyncio's hook: each test runs on a loop from this factory instead of the stdlib's.
 UVLOOP_CONFTEST = """
-import uvloop
-
 
 def pytest_asyncio_loop_factories(config, item):
     return {"uvloop": uvloop.new_event_loop}
@@ -140,13 +152,34 @@ CONFIGS = {
     "on": [],
 }
 
+# ``--floor``: the plugin off, and one thread that only waits for the whole session. Any second
+# thread makes some system calls dearer for the loop's thread (on Linux, ``epoll_wait`` takes a
+# reference on its file once the file table is shared); uvloop, which polls on every iteration,
+# runs measurably slower for it. This is the part of the watchdog's cost that is not its work.
+IDLE_THREAD = """
+import threading
+
+_stop = threading.Event()
+_thread = threading.Thread(target=_stop.wait, name="idle", daemon=True)
+
+
+def pytest_configure(config):
+    _thread.start()
+
+
+def pytest_unconfigure(config):
+    _stop.set()
+    _thread.join()
+"""
+FLOOR = ["-p", "no:pytest_loopguard", "-p", "idle_thread"]
+
 
 def make_suite(root: Path, suite: str, tests: int, sleeps: int, uvloop: bool = False) -> int:
     """Write one suite into ``root``; returns how many tests it has."""
     trio = suite in ("trio-callbacks", "tiny-trio")
     (root / "pytest.ini").write_text(textwrap.dedent(TRIO_INI if trio else INI))
-    if uvloop:
-        (root / "conftest.py").write_text(UVLOOP_CONFTEST)
+    conftest = CONFTEST.format(imports="import uvloop\n" if uvloop else "")
+    (root / "conftest.py").write_text(conftest + (UVLOOP_CONFTEST if uvloop else ""))
     if suite == "callbacks":
         (root / "app.py").write_text(textwrap.dedent(APP))
         body = textwrap.dedent(TESTS).format(tests=tests, sleeps=sleeps)
@@ -156,6 +189,7 @@ def make_suite(root: Path, suite: str, tests: int, sleeps: int, uvloop: bool = F
         tests = 2000 if tests == 300 else tests  # --tests left at its default: 2,000 tiny tests
         body = BODIES[suite].format(tests=tests)
     (root / "test_bench.py").write_text(body)
+    (root / "idle_thread.py").write_text(IDLE_THREAD)  # importable: ``python -m`` adds the cwd
     return tests
 
 
@@ -165,26 +199,37 @@ def make_suite(root: Path, suite: str, tests: int, sleeps: int, uvloop: bool = F
 ENV = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
 
 
-def timed(root: Path, extra: list[str]) -> float:
+def timed(root: Path, extra: list[str]) -> tuple[float, float]:
+    """One run's wall time and CPU time (user + system, every thread of it)."""
     cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *extra]
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
     done = subprocess.run(cmd, cwd=root, capture_output=True, text=True, env=ENV)
     elapsed = time.perf_counter() - start
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
     if done.returncode != 0:
         sys.exit(f"benchmark suite failed ({' '.join(extra)}):\n{done.stdout[-3000:]}")
-    return elapsed
+    cpu = after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime
+    return elapsed, cpu
 
 
-def measure(root: Path, configs: dict[str, list[str]], rounds: int) -> dict[str, list[float]]:
+Times = dict[str, list[float]]
+
+
+def measure(root: Path, configs: dict[str, list[str]], rounds: int) -> tuple[Times, Times]:
+    """Wall and CPU times of each configuration, alternating, after a warm-up run of each."""
     for flags in configs.values():
         timed(root, flags)  # a warm-up run of each: caches compiled, files in the page cache
-    times: dict[str, list[float]] = {name: [] for name in configs}
+    walls: Times = {name: [] for name in configs}
+    cpus: Times = {name: [] for name in configs}
     for r in range(rounds):
         order = list(configs) if r % 2 == 0 else list(reversed(configs))
         for name in order:
-            times[name].append(timed(root, configs[name]))
-            print(f"  round {r + 1} {name:>6}: {times[name][-1]:.2f} s", flush=True)
-    return times
+            wall, cpu = timed(root, configs[name])
+            walls[name].append(wall)
+            cpus[name].append(cpu)
+            print(f"  round {r + 1} {name:>6}: {wall:.2f} s ({cpu:.2f} s CPU)", flush=True)
+    return walls, cpus
 
 
 def report(
@@ -219,6 +264,11 @@ def main() -> None:
     parser.add_argument("--on-extra", default="", help="extra pytest args with the plugin on")
     parser.add_argument("--uvloop", action="store_true", help="run every test on uvloop")
     parser.add_argument(
+        "--floor",
+        action="store_true",
+        help="also time the plugin off with one idle thread, and the plugin on against that",
+    )
+    parser.add_argument(
         "--variant",
         action="append",
         default=[],
@@ -232,6 +282,8 @@ def main() -> None:
     for variant in args.variant:
         name, _, flags = variant.partition("=")
         configs[name] = [*flags.split(), *extra]
+    if args.floor:
+        configs["thread"] = [*FLOOR, *extra]
     for suite in args.suite or ["callbacks"]:
         run_suite(suite, args, configs)
     print(f"python {sys.version.split()[0]}, {os.cpu_count()} cpus")
@@ -248,11 +300,19 @@ def run_suite(suite: str, args: argparse.Namespace, configs: dict[str, list[str]
         }.get(suite, "")
         print(f"{suite}: {tests} tests {what}on {loop}; {args.rounds} rounds")
         target = TARGETS["uvloop" if args.uvloop else suite]
-        report(measure(root, configs, args.rounds), tests, target)
+        walls, cpus = measure(root, configs, args.rounds)
+        report(walls, tests, target)
+        # Less disturbed by the machine's other load than wall time; the watchdog's included.
+        print("  CPU time (user + system):")
+        report(cpus, tests)
+        if "thread" in walls:
+            print("  against one idle thread (the floor any watchdog thread pays), wall, then CPU:")
+            report({k: walls[k] for k in ("thread", "on")}, tests, base="thread")
+            report({k: cpus[k] for k in ("thread", "on")}, tests, base="thread")
         if args.debug_rounds and suite == "callbacks":
             debug = {"off": configs["off"], "loop-debug": ["--loop-debug", *configs["off"][2:]]}
             print(f"--loop-debug, {args.debug_rounds} round(s):")
-            report(measure(root, debug, args.debug_rounds), tests)
+            report(measure(root, debug, args.debug_rounds)[0], tests)
 
 
 if __name__ == "__main__":

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import pickle
+import sys
 import threading
 import time
 
@@ -206,3 +207,30 @@ def test_a_collection_during_the_gc_accounting_does_not_crash() -> None:
                 assert ENGINE.gc.collecting(ident, 0.0, 1e12)[0] >= 0
         finally:
             gc.set_threshold(*old)
+
+
+def test_only_a_batch_s_first_callback_is_timed_from_the_batch_start() -> None:
+    """A later callback of a batch began after the ones before it: timing it from the batch's
+    start would add their time to its block (a false alarm when they were long)."""
+    from pytest_loopguard import _clocks
+    from pytest_loopguard._backend_asyncio import RUN_CODE, AsyncioRun
+
+    loop = asyncio.new_event_loop()
+    run, since, seen = AsyncioRun(loop), _clocks.now(), []
+
+    def callback(seconds: float) -> None:
+        began = _clocks.now()  # as a look right after it began would see it
+        frame = sys._getframe()
+        while frame.f_code is not RUN_CODE:
+            frame = frame.f_back  # type: ignore[assignment]
+        seen.append((began, run.started(frame, since, began)))
+        time.sleep(seconds)
+
+    loop.call_soon(callback, 0.08)  # both in the loop's first batch
+    loop.call_soon(callback, 0.0)
+    loop.call_soon(loop.stop)
+    loop.run_forever()
+    loop.close()
+    (first_began, first), (second_began, second) = seen
+    assert first <= first_began < first + 0.01  # the batch's start: exact
+    assert first + 0.03 < second <= second_began  # halfway from the batch's start

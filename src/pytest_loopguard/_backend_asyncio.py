@@ -39,12 +39,13 @@ class AsyncioRun:
         return None
 
     def started(self, unit: object, since: float, now: float) -> float:
-        # The loop notes in ``_run_once`` when its current batch of callbacks began; a callback
-        # of that batch cannot have started earlier, and usually started within microseconds.
-        batch = _batch_start(unit) if isinstance(unit, FrameType) else None
-        if batch is not None and since <= batch <= now:
-            return batch
-        return (since + now) / 2
+        # The loop notes in ``_run_once`` when its current batch of callbacks began: the
+        # batch's first callback began then, give or take microseconds. A later one began
+        # after the ones before it, which may have taken up to a look interval between them.
+        batch, first = _batch_start(unit) if isinstance(unit, FrameType) else (None, False)
+        if batch is None or not since <= batch <= now:
+            return (since + now) / 2
+        return batch if first else (batch + now) / 2
 
     def stack(self, frames: Iterable[FrameType]) -> Stack:
         return frames_until(frames, RUN_CODE)
@@ -69,12 +70,17 @@ class AsyncioRun:
         pass
 
 
-def _batch_start(run_frame: FrameType) -> float | None:
+def _batch_start(run_frame: FrameType) -> tuple[float | None, bool]:
+    """When the loop began the batch ``run_frame``'s callback belongs to, on our clock, and
+    whether that callback is the batch's first; (None, False) when the loop notes no batch."""
     caller = run_frame.f_back
     # By name: nest_asyncio's re-implementation of _run_once keeps the same ``end_time``.
     if caller is None or caller.f_code.co_name != "_run_once":
-        return None
-    end_time = caller.f_locals.get("end_time")
+        return None, False
+    local = caller.f_locals
+    end_time, index = local.get("end_time"), local.get("i")
     if not isinstance(end_time, float):
-        return None
-    return end_time + _clocks.loop_time_offset()
+        return None, False
+    # ``i`` counts the batch's callbacks in the stdlib loop (3.10-3.13); a loop that keeps
+    # no count (nest_asyncio) is taken as before: from the batch's start.
+    return end_time + _clocks.loop_time_offset(), not isinstance(index, int) or index == 0
