@@ -1,0 +1,50 @@
+"""The benchmark scripts still run and print what the README quotes (no timing is asserted:
+figures from a shared machine belong in the README, not in a test)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCH = Path(__file__).parent.parent / "bench" / "overhead.py"
+
+
+def _overhead(*args: str) -> str:
+    # As a user runs it: this session's PYTEST_* (plugin autoload off, the current test) not
+    # passed down to the suites the script times.
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST_")}
+    done = subprocess.run(
+        [sys.executable, str(BENCH), "--rounds", "1", "--debug-rounds", "0", *args],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=env,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    return done.stdout
+
+
+@pytest.mark.parametrize("loop", [[], ["--uvloop"]], ids=["asyncio", "uvloop"])
+def test_callbacks_with_the_idle_thread_floor(loop: list[str]) -> None:
+    out = _overhead("--tests", "3", "--sleeps", "10", "--floor", *loop).splitlines()
+    assert any(line.strip().startswith("on: median") and "target <=" in line for line in out)
+    assert "  CPU time (user + system):" in out
+    floor = out.index(
+        "  against one idle thread (the floor any watchdog thread pays), wall, then CPU:"
+    )
+    assert [line.split(":")[0].strip() for line in out[floor + 1 : floor + 5]] == [
+        "thread",
+        "on",
+        "thread",
+        "on",
+    ]
+
+
+def test_tiny_suites_run() -> None:
+    out = _overhead("--suite", "tiny-sync", "--suite", "tiny-async", "--tests", "5")
+    assert "tiny-sync: 5 tests on asyncio; 1 rounds" in out
+    assert "tiny-async: 5 tests on asyncio; 1 rounds" in out
