@@ -10,7 +10,10 @@ from conftest import assert_blocked, blocked, run
 from helpers_src import SLOW_SERVER
 
 SLEEP_FIX = "time.sleep blocks every request — use `await asyncio.sleep(...)`"
-HTTP_FIX = "sync HTTP (requests/urllib/http.client) blocks every request — use `await httpx*"
+HTTP_FIX = (
+    "sync HTTP (requests/urllib/http.client) blocks every request — use `await client.get(url)` "
+    "on one `httpx.AsyncClient` made once*"
+)
 
 KINDS = {
     "sleep": ("time.sleep(0.3)", "time.sleep(0.3)", SLEEP_FIX),

@@ -20,13 +20,13 @@ PITS = "conftest_examples/fastapi_sqlalchemy/test_pitfalls.py"
 PITFALLS = [
     (
         "test_broken_time_sleep_in_route",
-        [f"{BLOCKED}{SHOP}:64 in broken_sleep", "    time.sleep(0.3)*", SLEEP_FIX],
+        [f"{BLOCKED}{SHOP}:66 in broken_sleep", "    time.sleep(0.3)*", SLEEP_FIX],
     ),
     ("test_fixed_time_sleep_in_route", None),
     (
         "test_broken_sync_http_in_route",
         [
-            f"{BLOCKED}{SHOP}:77 in broken_weather",
+            f"{BLOCKED}{SHOP}:79 in broken_weather",
             "    reply = requests.get(request.app.state.weather_url, timeout=5)",
             f"fix: {_hints.HTTP.render()}",
         ],
@@ -35,7 +35,7 @@ PITFALLS = [
     (
         "test_broken_sync_session_in_async_def",
         [
-            f"{BLOCKED}{SHOP}:93 in broken_report",
+            f"{BLOCKED}{SHOP}:101 in broken_report",
             f"fix: {_hints.SQL.render()}",
         ],
     ),
@@ -43,7 +43,7 @@ PITFALLS = [
     (
         "test_broken_slow_file_read",
         [
-            f"{BLOCKED}{SHOP}:106 in broken_export",
+            f"{BLOCKED}{SHOP}:114 in broken_export",
             f"fix: {_hints.FILE.render()}",
         ],
     ),
@@ -51,7 +51,7 @@ PITFALLS = [
     (
         "test_broken_cpu_heavy_route",
         [
-            f"{BLOCKED}{SHOP}:58 in <genexpr>",
+            f"{BLOCKED}{SHOP}:60 in <genexpr>",
             "fix: CPU-bound work holds the loop — use `await asyncio.to_thread(compute)`*",
             "wall * s, CPU * s: CPU-bound*",
         ],
@@ -61,7 +61,7 @@ PITFALLS = [
         "test_broken_sync_engine_in_route",
         [
             "SyncEngineOnLoopError: sync Engine * used on the event-loop thread at "
-            f"{SHOP}:134 in broken_users: its connect and every query block the loop",
+            f"{SHOP}:142 in broken_users: its connect and every query block the loop",
             'fix: `create_async_engine("postgresql+asyncpg://...")`*',
         ],
     ),
@@ -69,7 +69,7 @@ PITFALLS = [
     (
         "test_broken_lazy_loaded_relationship",
         [
-            f"LazyLoadError: lazy load of User.posts on User(id=1) at {SHOP}:148 in broken_posts*",
+            f"LazyLoadError: lazy load of User.posts on User(id=1) at {SHOP}:156 in broken_posts*",
             "fix: load it in the query — `select(User).options(selectinload(User.posts))`*",
         ],
     ),
@@ -78,7 +78,7 @@ PITFALLS = [
         "test_broken_attribute_expired_by_commit",
         [
             "LazyLoadError: User.name on User(id=2) was expired (by `await session.commit()` or "
-            f"`session.expire()`) and reading it at {SHOP}:165 in broken_rename*",
+            f"`session.expire()`) and reading it at {SHOP}:173 in broken_rename*",
             "fix: `async_sessionmaker(..., expire_on_commit=False)`, or "
             "`await session.refresh(user)` before reading it",
         ],
@@ -99,8 +99,8 @@ PITFALLS = [
             # The failure itself is SQLAlchemy's (closing the session while the other task's
             # query is in flight) or ours, depending on timing; ours is named either way.
             "*ConcurrentSessionError: one AsyncSession used by two tasks at once: task '*' "
-            f"started an operation at {SHOP}:199 in post_titles while the one task '*' "
-            f"started at {SHOP}:195 in user_names was still in flight*",
+            f"started an operation at {SHOP}:207 in post_titles while the one task '*' "
+            f"started at {SHOP}:203 in user_names was still in flight*",
             "fix: a session per task*",
         ],
     ),
@@ -109,8 +109,8 @@ PITFALLS = [
         "test_broken_session_never_closed",
         [
             "1 database connection(s) taken by this test and never given back:",
-            f"  an AsyncSession created at {SHOP}:223 in broken_count took a connection at "
-            f"{SHOP}:195 in user_names",
+            f"  an AsyncSession created at {SHOP}:231 in broken_count took a connection at "
+            f"{SHOP}:203 in user_names",
             "fix: close what you open*",
         ],
     ),
@@ -146,8 +146,8 @@ def run_examples(pytester: pytest.Pytester, *args: str) -> pytest.RunResult:
 
 
 NPLUSONE_WARNING = [
-    f"*{SHOP}:238: PytestWarning: N+1 queries: the same SELECT ran 12 times from "
-    f"{SHOP}:238 in broken_titles (loads of Post): one round trip to the database per item",
+    f"*{SHOP}:246: PytestWarning: N+1 queries: the same SELECT ran 12 times from "
+    f"{SHOP}:246 in broken_titles (loads of Post): one round trip to the database per item",
     "  fix: one query for all of them: `select(Post).where(Post.id.in_(ids))`*",
 ]
 # Broken twins that pass but fail at teardown (the leak check runs once the test is over).

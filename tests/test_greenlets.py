@@ -100,7 +100,8 @@ def test_blocks_in_the_sync_bridge_are_caught_at_their_line(
             "    requests.get(slow_url, timeout=5)",
             BRIDGE + "sync HTTP (requests/urllib/http.client) blocks every request (ORM event "
             "hooks, `run_sync` functions, type decorators and result processing all run on the "
-            "loop thread) — use `await httpx.AsyncClient().get(url)` — outside the hook or "
+            "loop thread) — use `await client.get(url)` on one `httpx.AsyncClient` made once "
+            "(making one loads the CA bundle) — outside the hook or "
             "`run_sync` function, e.g. before `await session.flush()`",
             "stack while blocked (most recent call last):",
             "  test_bridge.py:40 in test_http_in_a_flush_hook",

@@ -6,10 +6,12 @@ Every pitfall of the lesson appears twice: a ``broken`` route and its ``fixed`` 
 from __future__ import annotations
 
 import asyncio
+import ssl
 import time
 from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
+import certifi
 import httpx
 import requests
 from fastapi import Depends, FastAPI, Query, Request
@@ -78,9 +80,15 @@ async def broken_weather(request: Request) -> dict[str, str]:
     return {"weather": reply.text}
 
 
+# Made once, at import, off the loop: ``httpx.AsyncClient()`` alone loads the CA bundle, 50-100 ms
+# of CPU (more under coverage), which would make the fix a block of its own. An app would keep
+# one client for its lifetime (a lifespan); the tests here run each on its own loop.
+TLS = ssl.create_default_context(cafile=certifi.where())
+
+
 @app.get("/fixed/weather")
 async def fixed_weather(request: Request) -> dict[str, str]:
-    async with httpx.AsyncClient() as client:
+    async with httpx.AsyncClient(verify=TLS) as client:
         reply = await client.get(request.app.state.weather_url, timeout=5)
     return {"weather": reply.text}
 
