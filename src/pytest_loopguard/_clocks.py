@@ -79,9 +79,9 @@ class RunQueueClock:
             os.close(self._fd)
 
 
-# At most this many collections in a block may have merely landed in it: a big heap makes a
-# full collection long whatever set it off, and one or two can fall in any short callback.
-LANDING = 2
+# One collection of each generation may have merely landed in a block: its counter was nearly
+# full when the callback began, and a big heap makes a full collection long whatever set it
+# off. A second one of the same generation was set off by the callback's own allocations.
 
 
 class GcLog:
@@ -97,7 +97,7 @@ class GcLog:
 
     def __init__(self) -> None:
         self.watching = False
-        self._spans: dict[int, tuple[tuple[float, float], ...]] = {}
+        self._spans: dict[int, tuple[tuple[float, float, int], ...]] = {}  # start, end, generation
         # Collections running now, by thread: (start, the frame that called gc.collect() or
         # None for an automatic one, the frame that was running when it started).
         self._running: dict[int, tuple[float, Any, Any]] = {}
@@ -120,7 +120,8 @@ class GcLog:
             return
         if started[1] is None:
             recent = self._spans.get(ident, ())[-255:]
-            self._spans[ident] = (*recent, (started[0], now()))
+            span = (started[0], now(), info.get("generation", 2))
+            self._spans[ident] = (*recent, span)
         elif self.on_explicit is not None:
             self.on_explicit(started[0], now(), started[1])
 
@@ -137,10 +138,15 @@ class GcLog:
 
     def collecting(self, ident: int, start: float, end: float) -> tuple[float, float]:
         """Seconds of automatic collections on ``ident`` between ``start`` and ``end``, and
-        of the ``LANDING`` longest of them: those may merely have landed there."""
-        spans = [(a, b) for a, b in self._spans.get(ident, ()) if b > start and a < end]
-        seconds = sorted((min(b, end) - max(a, start) for a, b in spans), reverse=True)
-        return sum(seconds), sum(seconds[:LANDING])
+        of the longest one of each generation: those may merely have landed there."""
+        longest: dict[int, float] = {}
+        total = 0.0
+        for a, b, generation in self._spans.get(ident, ()):
+            if b > start and a < end:
+                seconds = min(b, end) - max(a, start)
+                total += seconds
+                longest[generation] = max(seconds, longest.get(generation, 0.0))
+        return total, sum(longest.values())
 
     def clear(self) -> None:
         self._spans.clear()
