@@ -88,7 +88,7 @@ def test_collections_a_callback_causes_count_in_its_duration(pytester: pytest.Py
             payload = [{"id": i, "tags": [i, str(i)]} for i in range(2000)]
             await asyncio.sleep(0)
             start, kept = time.perf_counter(), []
-            while time.perf_counter() < start + 0.32:
+            while time.perf_counter() < start + 0.5:  # a loaded runner leaves it 0.15 s of CPU
                 kept.append(validate(payload))
             with open("took.json", "w") as f:
                 json.dump(time.perf_counter() - start, f)

@@ -140,4 +140,7 @@ def test_a_greenlet_on_the_loop_without_pytest() -> None:
     assert event.frame.function == "busy"
     assert [f.function for f in event.stack] == ["main", "busy"]
     assert event.hint.cause.startswith("inside `AsyncSession`'s sync bridge: ")
-    assert 0.25 <= event.duration < 0.45
+    # A spin loop runs 0.3 s of wall time; on a loaded machine part of it is spent waiting for a
+    # CPU, which the duration leaves out by design (the report says it apart), so bound the sum.
+    assert event.duration < 0.45
+    assert 0.25 <= event.duration + event.cpu_wait < 0.45

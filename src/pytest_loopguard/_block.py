@@ -69,15 +69,17 @@ class Block:
     backend: str = "asyncio"  # the loop's (``LoopRun.backend``): the fix depends on it
     cpu_last: float | None = None
     armed: bool = False  # ran for half the threshold: it may get a verdict
-    # The thread's run-queue wait, read from the time the block armed (queued_since): reading
-    # /proc drops the GIL, which costs a busy loop a GIL hand-off, so not on every look.
+    # The thread's run-queue wait: first read (at queued_since) at the last look that saw the
+    # unit unarmed, or before the unit began when the first look to see it armed it.
     queued_first: float | None = None
     queued_last: float | None = None
     queued_since: float = 0.0
-    # From the same look on: the process's CPU, the watchdog's own, and the loop thread's. What
-    # the other threads used tells "waiting on native work" (argon2's lanes) from plain waiting.
+    # From the look that armed it on (others_since): the process's CPU, the watchdog's own and
+    # the loop thread's. What the other threads used tells "waiting on native work" (argon2's
+    # lanes) from plain waiting.
     others: tuple[float, float, float] | None = None
     others_last: tuple[float, float, float] | None = None
+    others_since: float = 0.0
     importing: float = 0.0  # seconds of the block spent in first imports
     _since: float = 0.0  # since the previous look (or the start), set by ``seen``
     hung: bool = False  # reported and interrupted as a hang already
@@ -140,7 +142,7 @@ class Block:
 
         Left out: first imports (once per process, not a line to fix) and time the thread spent
         runnable but waiting for a CPU (the machine's load). Automatic garbage collection counts
-        in the duration, but not towards the threshold (see ``Measured.busy``).
+        in the duration, but not towards the threshold (see ``Measured.counts``).
         """
         gone = now if ended_by is None else max(self.last_seen, min(now, ended_by))
         end = (self.last_seen + gone) / 2
@@ -149,8 +151,16 @@ class Block:
             # the unit let go of the loop, is a far better end than halfway to it.
             end = gone
         end -= self.importing
-        queued = _run_queue_wait(self, end - self.start)
-        return Measured(end - queued, queued, *collecting(self.start, end))
+        queued = self.queue_wait(end)
+        collected, landed = collecting(self.start, end)
+        # Collections are timed on the wall clock: on a loaded machine they waited for a CPU
+        # like the rest of the block, and are excused at the block's own rate, not in full.
+        own = 1.0 - queued / (end - self.start) if end > self.start else 1.0
+        return Measured(end - queued, queued, collected * own, landed * own)
+
+    def queue_wait(self, end: float) -> float:
+        """Seconds of the block up to ``end`` that its thread spent waiting for a CPU."""
+        return _run_queue_wait(self, end - self.start)
 
     def event(self, end: float, queued: float, thread: str) -> BlockEvent:
         """The block as an event, for no guard in particular (see ``for_label``)."""
@@ -208,7 +218,7 @@ def _other_cpu(block: Block, duration: float) -> float | None:
     if block.others is None or block.others_last is None:
         return None
     process, watchdog, loop = (b - a for a, b in zip(block.others, block.others_last, strict=True))
-    observed = block.last_seen - block.queued_since
+    observed = block.last_seen - block.others_since
     used = max(process - watchdog - loop, 0.0)
     return used if observed <= 0 else used * duration / observed
 

@@ -9,8 +9,9 @@ import threading
 import time
 from collections.abc import Callable
 from contextlib import suppress
-from functools import partial
-from typing import Any
+from dataclasses import dataclass
+from functools import cache, partial
+from typing import Any, ClassVar
 
 # Captured at import, so that a test patching time.perf_counter cannot skew a verdict.
 now = time.perf_counter
@@ -42,6 +43,36 @@ def cpu_clock(ident: int) -> CpuClock | None:
     return partial(time.clock_gettime, clock_id)  # no Python frame: read at every loop start
 
 
+_SCHEDSTAT = 96  # bytes: three decimal counters
+
+
+@cache
+def _gil_holding_pread() -> Callable[[int, int, int], bytes] | None:
+    """libc's pread, called without letting go of the GIL; None where ctypes cannot.
+
+    ``os.pread`` lets go of it, and the watchdog then waits for a busy loop thread to hand it
+    back (a switch interval, 5 ms) and costs that thread a hand-off. A /proc read never waits:
+    holding the GIL through it is cheaper, so the watchdog can read at every look.
+    """
+    try:
+        import ctypes
+
+        pread = ctypes.PyDLL(None).pread  # PyDLL: the GIL stays held through the call
+    except (ImportError, OSError, AttributeError):
+        return None
+    pread.argtypes = (ctypes.c_int, ctypes.c_void_p, ctypes.c_size_t, ctypes.c_long)
+    pread.restype = ctypes.c_ssize_t
+
+    def read(fd: int, size: int, offset: int) -> bytes:
+        buffer = ctypes.create_string_buffer(size)  # one a call: two threads may read at once
+        got = pread(fd, buffer, size, offset)
+        if got < 0:
+            raise OSError(f"pread({fd}) failed")
+        return buffer.raw[:got]
+
+    return read
+
+
 def read(clock: CpuClock | None) -> float | None:
     if clock is None:
         return None
@@ -60,6 +91,7 @@ class RunQueueClock:
 
     def __init__(self, fd: int) -> None:
         self._fd = fd
+        self._pread = _gil_holding_pread() or os.pread
 
     @classmethod
     def open(cls, native_id: int) -> RunQueueClock | None:
@@ -70,13 +102,46 @@ class RunQueueClock:
 
     def read(self) -> float | None:
         try:
-            return int(os.pread(self._fd, 96, 0).split()[1]) / 1e9
+            return int(self._pread(self._fd, _SCHEDSTAT, 0).split()[1]) / 1e9
         except (OSError, ValueError, IndexError):
             return None
 
     def close(self) -> None:
         with suppress(OSError):
             os.close(self._fd)
+
+
+@dataclass(eq=False)
+class RunQueue:
+    """A loop thread's run-queue wait: its clock, opened on first use, and the last reading.
+
+    A block counts its wait from the reading before it began, like its CPU time, so that one
+    the watchdog could not look at (C code kept the GIL) has its wait left out too. Read at
+    every look, and at a loop start when older than ``refresh``.
+    """
+
+    clock: RunQueueClock | None = None
+    tried: bool = False
+    last: tuple[float, float] | None = None  # (seconds waited so far, when read)
+    refresh: ClassVar[float] = 0.05
+
+    def read(self, native_id: int | None, now: float) -> float | None:
+        if self.clock is None and not self.tried and native_id is not None:
+            self.tried = True
+            self.clock = RunQueueClock.open(native_id)
+        waited = None if self.clock is None else self.clock.read()
+        self.last = None if waited is None else (waited, now)
+        return waited
+
+    def refresh_at_start(self, native_id: int | None, now: float) -> None:
+        """Unless a look read it lately: a read costs a µs or two, a test starts a few loops."""
+        if self.last is None or now - self.last[1] > self.refresh:
+            self.read(native_id, now)
+
+    def close(self) -> None:
+        if self.clock is not None:
+            self.clock.close()
+            self.clock = None
 
 
 # One collection of each generation may have merely landed in a block: its counter was nearly

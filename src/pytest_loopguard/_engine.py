@@ -238,8 +238,9 @@ class Engine:
             if clock is None and not thread.cpu_tried:
                 thread.cpu_tried = True
                 clock = thread.cpu_clock = _clocks.cpu_clock(thread.ident)
-            thread.last_poll = _clocks.now()
+            thread.last_poll = now = _clocks.now()
             thread.cpu_at_poll = None if clock is None else clock()  # its own thread: alive
+            thread.queue.refresh_at_start(thread.native_id, now)
             thread.tracer = trace_greenlets(thread)
         if self._debug is not None:
             restore = run.debug(self._debug)

@@ -73,6 +73,8 @@ class Ledger:
         start = run.started(unit, min(after, now), now)
         block = Block(unit, start, now, cpu, cpu_since, now, labels)
         block.needs_beat, block.cpu_last, block.backend = run.needs_beat, cpu, run.backend
+        if thread.queue.last is not None:  # its wait, like its CPU time, from before it began
+            block.queued_first, block.queued_since = thread.queue.last
         thread.block = block
         self.open_blocks += 1
         return block

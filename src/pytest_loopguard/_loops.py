@@ -44,8 +44,7 @@ class LoopThread:
     runs: list[LoopRun] = field(default_factory=list)  # the loops it runs now, innermost last
     last_poll: float = 0.0  # when the watchdog last looked (or the loop started)
     cpu_at_poll: float | None = None
-    queue_clock: _clocks.RunQueueClock | None = None  # opened on the first block that arms
-    queue_tried: bool = False
+    queue: _clocks.RunQueue = field(default_factory=_clocks.RunQueue)  # its wait for a CPU
     block: Any = None  # the unit of work the watchdog saw running (a _block.Block)
     beat_ran: float = float("-inf")  # when a beat or tick last ran on its loop
     restore_debug: list[Callable[[], None]] = field(default_factory=list)
@@ -79,20 +78,11 @@ class LoopThread:
         CPU time then, and when that was read."""
         return max(self.last_poll, self.beat_ran), self.cpu_at_poll, self.last_poll
 
-    def queued(self) -> float | None:
-        """The thread's run-queue wait so far, opening its clock on first use."""
-        if self.queue_clock is None and not self.queue_tried and self.native_id is not None:
-            self.queue_tried = True
-            self.queue_clock = _clocks.RunQueueClock.open(self.native_id)
-        return None if self.queue_clock is None else self.queue_clock.read()
-
     def forget(self) -> None:
         for run in self.runs:
             run.close()
         self.runs.clear()
-        if self.queue_clock is not None:
-            self.queue_clock.close()
-            self.queue_clock = None
+        self.queue.close()
 
 
 class Listener(Protocol):

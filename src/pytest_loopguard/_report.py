@@ -58,9 +58,10 @@ def headline(event: BlockEvent, root: Path | None = None) -> str:
             f"blocking call {event.call} on the event loop at {location(event.frame, root)}"
             f"{_during(event)} (strict mode: fails however short{times})"
         )
-    if event.timed_out:
+    if event.timed_out:  # the hang timeout is wall time: a busy machine's wait counts in it
         return (
-            f"event loop hung: a callback held it for {event.duration:.2f} s, past the hang "
+            f"event loop hung: a callback held it for {event.duration + event.cpu_wait:.2f} s, "
+            "past the hang "
             f"timeout, and was interrupted at {location(event.frame, root)}{_during(event)}"
         )
     return (

@@ -182,16 +182,21 @@ class Watchdog:
     ) -> None:
         """What may drop the GIL (a socket write, /proc, source files): after every sample."""
         thread.cpu_at_poll = cpu = _clocks.read(thread.cpu_clock)
+        queued = thread.queue.read(thread.native_id, now)
         block = thread.block
         if block is None:
             return
         block.cpu_last = cpu
         if not block.armed:
-            return  # the rest drops the GIL: only for a block that may get a verdict
-        queued, others = thread.queued(), (_clocks.process_cpu(), _clocks.own_cpu(), cpu or 0.0)
-        if block.queued_first is None:
-            block.queued_first, block.queued_since, block.others = queued, now, others
-        block.queued_last, block.others_last = queued, others
+            # Seen inside the unit: its own wait counts from here (one that arms when first
+            # seen keeps the reading from before it began, see ``Ledger.open``).
+            block.queued_first, block.queued_since = queued, now
+            return  # the rest may drop the GIL: only for a block that may get a verdict
+        block.queued_last = queued
+        others = (_clocks.process_cpu(), _clocks.own_cpu(), cpu or 0.0)
+        if block.others is None:
+            block.others, block.others_since = others, now
+        block.others_last = others
         if block.beat is None:
             # A late look must not stretch a block: the beat runs right after the unit and
             # bounds its end even when a busy loop keeps the watchdog from the GIL.
@@ -209,7 +214,8 @@ class Watchdog:
         """A hang: record it with the whole stack now, then break the loop thread out of it."""
         block.hung = True
         full = tuple(describe(f, n) for f, n in run.stack(walk(top, thread.greenlet)))
-        event = block.event(now, 0.0, thread.name)
+        queued = block.queue_wait(now)  # as for a block: CPU-bound is told on the CPU's time
+        event = block.event(now - queued, queued, thread.name)
         event = replace(event, stack=tuple(reversed(full)), timed_out=True)
         for label in block.labels:
             label.guard.record(for_label(event, label))
