@@ -91,7 +91,6 @@ class RunQueueClock:
 
     def __init__(self, fd: int) -> None:
         self._fd = fd
-        self._pread = _gil_holding_pread() or os.pread
 
     @classmethod
     def open(cls, native_id: int) -> RunQueueClock | None:
@@ -100,9 +99,12 @@ class RunQueueClock:
         except (OSError, ValueError):
             return None
 
-    def read(self) -> float | None:
+    def read(self, *, keep_gil: bool = True) -> float | None:
+        """``keep_gil=False`` on the loop's own thread: it saves importing ctypes in a run
+        whose loops are never long enough for the watchdog to look."""
+        pread = (_gil_holding_pread() or os.pread) if keep_gil else os.pread
         try:
-            return int(self._pread(self._fd, _SCHEDSTAT, 0).split()[1]) / 1e9
+            return int(pread(self._fd, _SCHEDSTAT, 0).split()[1]) / 1e9
         except (OSError, ValueError, IndexError):
             return None
 
@@ -125,18 +127,18 @@ class RunQueue:
     last: tuple[float, float] | None = None  # (seconds waited so far, when read)
     refresh: ClassVar[float] = 0.05
 
-    def read(self, native_id: int | None, now: float) -> float | None:
+    def read(self, native_id: int | None, now: float, *, keep_gil: bool = True) -> float | None:
         if self.clock is None and not self.tried and native_id is not None:
             self.tried = True
             self.clock = RunQueueClock.open(native_id)
-        waited = None if self.clock is None else self.clock.read()
+        waited = None if self.clock is None else self.clock.read(keep_gil=keep_gil)
         self.last = None if waited is None else (waited, now)
         return waited
 
     def refresh_at_start(self, native_id: int | None, now: float) -> None:
         """Unless a look read it lately: a read costs a µs or two, a test starts a few loops."""
         if self.last is None or now - self.last[1] > self.refresh:
-            self.read(native_id, now)
+            self.read(native_id, now, keep_gil=False)
 
     def close(self) -> None:
         if self.clock is not None:
