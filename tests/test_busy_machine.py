@@ -16,7 +16,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from conftest import blocked, run
+from conftest import blocked, hung, run
 from pytest_loopguard import LoopGuard
 
 pytestmark = pytest.mark.skipif(
@@ -126,3 +126,37 @@ def test_the_run_queue_clock_reads_the_thread_s_schedstat() -> None:
         clock.close()
     assert read is not None
     assert before <= read <= after
+
+
+HANG = """
+import pytest
+
+from test_busy_machine import sharing_a_cpu
+
+
+@pytest.fixture
+def loaded():
+    with sharing_a_cpu():
+        yield
+
+
+async def test_spins(loaded):
+    while True:
+        pass
+"""
+
+
+def test_a_hang_on_a_loaded_runner_is_told_cpu_bound(pytester: pytest.Pytester) -> None:
+    """On half a CPU a spin spends half its time waiting for one: it is still the code's CPU
+    work (it read as "waiting" when told on wall time), and the headline gives the wall time
+    the hang timeout is measured on."""
+    pytester.makepyfile(test_loaded_hang=HANG)
+    pytester.syspathinsert(os.path.dirname(__file__))
+    result = run(pytester, "--loop-block-timeout=0.6")
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines(
+        [
+            hung("test_loaded_hang.py:13 in test_spins", seconds="0.6*"),
+            "fix: CPU-bound work holds the loop*",
+        ]
+    )

@@ -61,8 +61,8 @@ def headline(event: BlockEvent, root: Path | None = None) -> str:
     if event.timed_out:  # the hang timeout is wall time: a busy machine's wait counts in it
         return (
             f"event loop hung: a callback held it for {event.duration + event.cpu_wait:.2f} s, "
-            "past the hang "
-            f"timeout, and was interrupted at {location(event.frame, root)}{_during(event)}"
+            f"past the hang timeout, and was interrupted at {location(event.frame, root)}"
+            f"{_during(event)}"
         )
     return (
         f"event loop blocked for {event.duration:.2f} s (threshold {event.threshold:.2f} s)"
