@@ -106,6 +106,14 @@ class LoopGuard:
             if events[i].fixture is None:
                 self._events[i] = replace(events[i], fixture=fixture)
 
+    def rephase(self, since: int, old: str, new: str) -> None:
+        """Move the blocks recorded after the first ``since`` events from phase ``old`` to
+        ``new`` (a phase thought over was not)."""
+        events = self.events
+        for i in range(since, len(events)):
+            if events[i].phase == old:
+                self._events[i] = replace(events[i], phase=new)
+
     @contextmanager
     def allow(self) -> Iterator[None]:
         """Blocks of the current thread's loop inside this block are recorded as allowed."""

@@ -1,9 +1,10 @@
 """One test's phases under the session's guard: the switch to the test, a verdict at the end
 of each phase, and what goes on the phase's report.
 
-Every hook here is a plain one but the report's: a wrapper costs a test several times what a
-plain hook does, and these run for every test of every suite (see bench/overhead.py). The hooks
-live on objects, not in a module, so that they reach the session's state without a lookup.
+These hooks run for every test of every suite, so there are as few as the job allows (see
+bench/overhead.py): one as the test starts, and the report's wrapper, which judges each phase as
+it ends. The hooks live on objects, not in a module, so that they reach the session's state
+without a lookup.
 """
 
 from __future__ import annotations
@@ -52,8 +53,9 @@ class TestRun:
 class Watch:
     """The per-test hooks, on an object that holds the session's guard and the running test.
 
-    Every hook here is a plain one but the report's: a wrapper costs a test several times what
-    a plain hook does, and these run for every test of every suite (see bench/overhead.py).
+    A phase is judged in the report's hook, before the report is made: a block then fails the
+    phase the way its own exception would, for every plugin that reads the call (xfail,
+    ``--pdb``, ``-x``, rerun plugins), without a hook after each phase.
     """
 
     def __init__(
@@ -94,12 +96,16 @@ class Watch:
     def pytest_runtest_makereport(
         self, item: pytest.Item, call: pytest.CallInfo[None]
     ) -> Generator[None, pytest.TestReport, pytest.TestReport]:
-        """Show our message as the failure, or beside the test's own failure, never instead."""
-        report = yield
+        """Judge the phase that just ended, before the report is made: a block fails it as its
+        own exception would (xfail, ``--pdb`` and ``-x`` see it); on the report, our message is
+        the failure, or beside the test's own failure, never instead."""
         run = self.current
         if run is None or run.item is not item:
-            return report
-        when, error = call.when, call.excinfo.value if call.excinfo is not None else None
+            return (yield)
+        when = call.when
+        self._end_phase(run, call)
+        report = yield
+        error = call.excinfo.value if call.excinfo is not None else None
         if when == "call":
             run.call_error = error
         if when == "call" or (when == "setup" and not report.passed):
@@ -108,8 +114,6 @@ class Watch:
             self._finish()
         if error is None and when not in run.verdicts:
             return report  # nothing blocked and nothing failed: the common case, kept cheap
-        if error is not None:
-            self.judge(run, when)  # the phase failed on its own: its blocks go beside that
         self._decorate(run, report, error)
         return report
 
@@ -137,8 +141,8 @@ class Watch:
             return NOTHING  # nothing new since the last verdict: the common case, kept cheap
         guard.close_ongoing()
         events = guard.events
+        mine = [e for e in events[run.judged :] if e.phase == phase]  # each event judged once
         run.judged = len(events)
-        mine = [e for e in events if e.phase == phase]
         if not mine:
             return NOTHING
         if phase == "call":
@@ -152,20 +156,33 @@ class Watch:
         verdict = run.verdicts[phase] = judge(mine, settings)
         return verdict
 
-    def end_phase(self, item: pytest.Item, phase: str) -> None:
-        """The phase's work is done and did not fail: fail it (or warn) if it blocked."""
-        run = self.current
-        if run is None or run.item is not item:
-            return
+    def _end_phase(self, run: TestRun, call: pytest.CallInfo[None]) -> None:
+        """Judge the phase's blocks; when the phase itself passed, fail it (or warn) on them."""
+        phase = call.when
+        if phase == "call" and run.mark is not None:
+            self._back_in_call(run)
+        run.verdicts.pop(phase, None)
         verdict = self.judge(run, phase)
         if phase == "setup":
             self.guard.set_context("call")
-        if verdict.warned:
-            self._warn(item, verdict.warned)
-        if verdict.failing:
-            from . import _report  # the text layer: imported when there is something to say
+        if call.excinfo is not None or not (verdict.warned or verdict.failing):
+            return
+        try:
+            if verdict.warned:
+                self._warn(run.item, verdict.warned)
+            if verdict.failing:
+                from . import _report  # the text layer: imported when there is something to say
 
-            raise _report.blocked_error(verdict.failing, self.root)
+                raise _report.blocked_error(verdict.failing, self.root)
+        except Exception:  # ours, or a warning that -W or filterwarnings made an error
+            call.excinfo = pytest.ExceptionInfo.from_current()
+
+    def _back_in_call(self, run: TestRun) -> None:
+        # A second call report: the first was a subtest's (pytest's subtests, unittest's
+        # subTest), made in the middle of the call. What blocked since is the call's still.
+        self.guard.rephase(run.mark or 0, "teardown", "call")
+        self.guard.set_context("call")
+        run.mark = None
 
     def _warn(self, item: pytest.Item, events: tuple[BlockEvent, ...]) -> None:
         from . import _report
@@ -201,29 +218,6 @@ class Watch:
                 return
         if verdict.failing and report.failed:
             report.sections.append((_SECTION, _report.render(verdict.failing, root)))
-
-
-class PhaseEnds:
-    """Record during a phase, fail right after it, as pytest's own unraisable-exception plugin
-    does: ``trylast`` runs once the phase's work is done, and only when it did not fail."""
-
-    def __init__(self, watch: Watch) -> None:
-        self._watch = watch
-
-    @pytest.hookimpl(trylast=True)
-    def pytest_runtest_setup(self, item: pytest.Item) -> None:
-        """Fail the setup (an error naming the fixture) when a fixture blocked the loop."""
-        self._watch.end_phase(item, "setup")
-
-    @pytest.hookimpl(trylast=True)
-    def pytest_runtest_call(self, item: pytest.Item) -> None:
-        """Fail the test when its body blocked the loop."""
-        self._watch.end_phase(item, "call")
-
-    @pytest.hookimpl(trylast=True)
-    def pytest_runtest_teardown(self, item: pytest.Item) -> None:
-        """Fail the teardown (an error naming the fixture) when a finalizer blocked the loop."""
-        self._watch.end_phase(item, "teardown")
 
 
 def _unwrapped(error: BaseException | None) -> BaseException | None:

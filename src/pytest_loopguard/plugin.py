@@ -20,7 +20,7 @@ from ._engine import ENGINE
 from ._events import BlockEvent
 from ._guard import LoopGuard
 from ._options import MARKERS, OPTIONS
-from ._phases import ITEM_SETTINGS, PhaseEnds, TestRun, Watch
+from ._phases import ITEM_SETTINGS, TestRun, Watch
 from ._settings import SETTINGS_KEY, Settings
 
 _WATCH = pytest.StashKey[Watch]()
@@ -53,7 +53,6 @@ def pytest_configure(config: pytest.Config) -> None:
     ENGINE.acquire(strict=settings.strict, hang=settings.timeout is not None)
     watch = config.stash[_WATCH] = Watch(config, settings, collector)
     config.pluginmanager.register(watch, "loopguard-watch")
-    config.pluginmanager.register(PhaseEnds(watch), "loopguard-phase-ends")
 
 
 @pytest.hookimpl(tryfirst=True)
