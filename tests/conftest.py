@@ -24,6 +24,7 @@ pytest_plugins = ["pytester"]
 # sessions use here, before any snapshot, keeps one copy of each for the whole run.
 
 ASYNCIO = ("-p", "pytest_loopguard", "-p", "asyncio")
+SUBPROCESS_TIMEOUT = 300  # seconds; the slowest inner session takes about 20
 INI = """
 [pytest]
 asyncio_mode = {mode}
@@ -67,7 +68,8 @@ def run(
     if not (pytester.path / "pytest.ini").exists():
         write_ini(pytester, mode, extra)
     if subprocess:
-        return pytester.runpytest_subprocess(*ASYNCIO, *args)
+        # A bound: an inner session that never ends fails its test, not the whole CI job.
+        return pytester.runpytest_subprocess(*ASYNCIO, *args, timeout=SUBPROCESS_TIMEOUT)
     return pytester.runpytest(*ASYNCIO, *args)
 
 

@@ -149,7 +149,7 @@ class Engine:
     def unsubscribe(self, guard: LoopGuard) -> None:
         """``guard`` is done: what it saw so far of an ongoing block counts up to now."""
         if guard.quiet():  # no block open, nothing to record: a switch
-            self.guards = tuple(g for g in self.guards if g is not guard)
+            self.guards = () if self.guards == (guard,) else self._without(guard)
             self._tune()
             return
         ledger = self.ledger
@@ -162,14 +162,19 @@ class Engine:
                     ledger.release(thread, guard, now, 0.0)
                 ledger.flush()
             guard.flush_calls()
-            self.guards = tuple(g for g in self.guards if g is not guard)
+            self.guards = self._without(guard)
             self._tune()
+
+    def _without(self, guard: LoopGuard) -> tuple[LoopGuard, ...]:
+        return tuple(g for g in self.guards if g is not guard)
 
     def _tune(self) -> None:
         guards = self.guards
         if len(guards) == 1:  # the plugin's case: one test at a time
             self.threshold = guards[0].threshold
             self._debug = self.threshold if guards[0].debug else None
+        elif not guards:  # and between two tests
+            self.threshold, self._debug = _DEFAULT_THRESHOLD, None
         else:
             self.threshold = min([g.threshold for g in guards], default=_DEFAULT_THRESHOLD)
             debug = [g.threshold for g in guards if g.debug]

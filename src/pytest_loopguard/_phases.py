@@ -10,7 +10,6 @@ without a lookup.
 from __future__ import annotations
 
 import warnings
-from collections.abc import Generator
 from dataclasses import replace
 from pathlib import Path
 
@@ -67,6 +66,9 @@ class Watch:
         s = settings
         self.guard = LoopGuard(s.threshold, debug=s.debug, timeout=s.timeout, strict=s.strict)
         self.current: TestRun | None = None
+        # Phases whose report gets our data when it is logged: (node id, phase) -> the test
+        # and the phase's call (a wrapper of the report's hook costs every test more).
+        self.pending: dict[tuple[str, str], tuple[TestRun, pytest.CallInfo[None], Verdict]] = {}
 
     @pytest.hookimpl(tryfirst=True)
     def pytest_runtest_setup(self, item: pytest.Item) -> None:
@@ -75,6 +77,8 @@ class Watch:
         if settings is None:  # an item collected without our collection hook
             settings = item.stash[ITEM_SETTINGS] = _settings.for_item(item, self.settings)
         self.current = TestRun(item, settings, self.guard)
+        if self.pending:
+            self.pending.clear()  # reports made but never logged (runtestprotocol(log=False))
         self.guard.resume(settings.threshold)
         self.guard.set_context("setup")
 
@@ -92,30 +96,42 @@ class Watch:
             self.guard.name_fixture(run.mark, fixturedef.argname)
             run.mark = self.guard.recorded
 
-    @pytest.hookimpl(wrapper=True)
-    def pytest_runtest_makereport(
-        self, item: pytest.Item, call: pytest.CallInfo[None]
-    ) -> Generator[None, pytest.TestReport, pytest.TestReport]:
-        """Judge the phase that just ended, before the report is made: a block fails it as its
-        own exception would (xfail, ``--pdb`` and ``-x`` see it); on the report, our message is
-        the failure, or beside the test's own failure, never instead."""
+    @pytest.hookimpl(tryfirst=True)
+    def pytest_runtest_makereport(self, item: pytest.Item, call: pytest.CallInfo[None]) -> None:
+        """Judge the phase that just ended, before its report is made: a block fails it as its
+        own exception would (xfail, ``--pdb``, ``-x`` and rerun plugins see it)."""
         run = self.current
         if run is None or run.item is not item:
-            return (yield)
+            return
         when = call.when
-        self._end_phase(run, call)
-        report = yield
-        error = call.excinfo.value if call.excinfo is not None else None
+        if self.guard.quiet(run.judged) and (when != "call" or run.mark is None):
+            if when == "setup":  # nothing recorded since the last verdict: none to make
+                self.guard.set_context("call")
+        else:
+            self._end_phase(run, call)
+        excinfo = call.excinfo
+        failed = excinfo is not None
         if when == "call":
-            run.call_error = error
-        if when == "call" or (when == "setup" and not report.passed):
+            run.call_error = excinfo.value if excinfo is not None else None
+        if when == "call" or (when == "setup" and failed):
             self._start_teardown(run)
         elif when == "teardown":
             self._finish()
-        if error is None and when not in run.verdicts:
-            return report  # nothing blocked and nothing failed: the common case, kept cheap
-        self._decorate(run, report, error)
-        return report
+        # unittest's items get their own failure later in this hook (item._excinfo).
+        if failed or when in run.verdicts or type(item) is not pytest.Function:
+            self.pending[item.nodeid, when] = (run, call, run.verdicts.get(when, NOTHING))
+
+    @pytest.hookimpl(tryfirst=True)
+    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        """Put our message on the report of a phase that blocked or failed: as the failure, or
+        beside the test's own failure, never instead. First, so xdist sends it, and the
+        terminal, JUnit XML and pytest-html show it."""
+        if self.pending:
+            found = self.pending.pop((report.nodeid, report.when), None)
+            if found is not None:
+                run, call, verdict = found
+                error = call.excinfo.value if call.excinfo is not None else None
+                self._decorate(run, report, error, verdict)
 
     def pytest_enter_pdb(self) -> None:
         """pdb took over (``breakpoint()``, ``--pdb``, ``--trace``): the loop is held by someone
@@ -192,11 +208,15 @@ class Watch:
             warnings.warn_explicit(pytest.PytestWarning(text), None, filename, lineno)
 
     def _decorate(
-        self, run: TestRun, report: pytest.TestReport, error: BaseException | None
+        self,
+        run: TestRun,
+        report: pytest.TestReport,
+        error: BaseException | None,
+        verdict: Verdict,
     ) -> None:
         from . import _report
 
-        verdict, root = run.verdicts.get(report.when, NOTHING), self.root
+        root = self.root
         if verdict.events:
             # Plain data on the report: it reaches the summary and the JSON report, from xdist.
             blocks = _summary.as_dicts(verdict, report.nodeid, root)
