@@ -12,7 +12,16 @@ import pytest_loopguard
 PACKAGE = Path(pytest_loopguard.__file__).parent
 MODULES = {p.stem: p for p in PACKAGE.glob("*.py")}
 # The pytest side; everything else is the engine (and its vocabulary), usable without pytest.
-PYTEST_SIDE = {"plugin", "_phases", "_reprs", "_settings", "_summary", "_trio_fixtures", "_verdict"}
+PYTEST_SIDE = {
+    "plugin",
+    "_markers",
+    "_phases",
+    "_reprs",
+    "_settings",
+    "_summary",
+    "_trio_fixtures",
+    "_verdict",
+}
 
 
 def _imports(path: Path) -> set[str]:

@@ -81,6 +81,43 @@ def test_marker_on_class_and_module(pytester: pytest.Pytester) -> None:
     result.stdout.fnmatch_lines(["*(threshold 0.05 s) at *in test_class_level"])
 
 
+def test_the_nearest_marker_wins(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(
+        test_nearest="""
+        import time, pytest
+
+        pytestmark = pytest.mark.loop_block_threshold(0.05)
+
+        @pytest.mark.loop_block_threshold(0.5)
+        class TestLoose:
+            async def test_class_over_module(self):
+                time.sleep(0.2)
+
+            @pytest.mark.loop_block_threshold(0.1)
+            async def test_own_over_class(self):
+                time.sleep(0.2)
+
+            @pytest.mark.parametrize(
+                "n", [1, pytest.param(2, marks=pytest.mark.loop_block_threshold(0.15))]
+            )
+            async def test_param_over_all(self, n):
+                time.sleep(0.2)
+
+        async def test_module_level():
+            time.sleep(0.2)
+        """
+    )
+    result = run(pytester, "-p", "no:randomly")
+    result.assert_outcomes(passed=2, failed=3)
+    result.stdout.fnmatch_lines(
+        [
+            "*(threshold 0.10 s) at *in test_own_over_class",
+            "*(threshold 0.15 s) at *in test_param_over_all",
+            "*(threshold 0.05 s) at *in test_module_level",
+        ]
+    )
+
+
 @pytest.mark.parametrize("value", ["abc", "-1", "0", "nan", "inf", ""])
 def test_bad_cli_threshold_is_a_usage_error(pytester: pytest.Pytester, value: str) -> None:
     pytester.makepyfile("def test_x(): pass")

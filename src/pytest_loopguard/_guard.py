@@ -175,8 +175,9 @@ class LoopGuard:
         self.pause()
         ENGINE.release(strict=self.calls is not None, hang=self.timeout is not None)
 
-    def resume(self, threshold: float | None = None) -> None:
-        """Record from now on, afresh: no events, no allowed blocks, a new threshold if given.
+    def resume(self, threshold: float | None = None, phase: str | None = None) -> None:
+        """Record from now on, afresh: no events, no allowed blocks, a new threshold if given,
+        and ``phase`` as the label of what blocks from now on (see ``set_context``).
 
         With ``pause``, what the pytest plugin does around each test with one guard for the
         whole session (whose lease keeps the machinery up): a switch, not a set-up.
@@ -185,7 +186,7 @@ class LoopGuard:
         if threshold is not None and threshold != self.threshold:
             self.threshold = _checked(threshold, self.timeout)
         self._events, self._allow_depth = [], {}
-        self.phase = self.fixture = None
+        self.phase, self.fixture = phase, None  # the label of what blocks from now on
         if self.calls is not None:
             self.calls = _call_log(self)
             _hub().add(self.calls.record)

@@ -10,12 +10,13 @@ without a lookup.
 from __future__ import annotations
 
 import warnings
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
-from . import _debugger, _settings, _summary
+from . import _debugger, _markers, _summary
 from ._events import BlockEvent, LoopBlockedError, LoopguardError, LoopHangError
 from ._guard import LoopGuard
 from ._reprs import failure_repr
@@ -66,21 +67,17 @@ class Watch:
         s = settings
         self.guard = LoopGuard(s.threshold, debug=s.debug, timeout=s.timeout, strict=s.strict)
         self.current: TestRun | None = None
-        # Phases whose report gets our data when it is logged: (node id, phase) -> the test
-        # and the phase's call (a wrapper of the report's hook costs every test more).
-        self.pending: dict[tuple[str, str], tuple[TestRun, pytest.CallInfo[None], Verdict]] = {}
+        self.pending = Pending(config.pluginmanager, self._decorate)
 
     @pytest.hookimpl(tryfirst=True)
     def pytest_runtest_setup(self, item: pytest.Item) -> None:
         """Hand the session's guard to this test: what blocks from now on is its."""
         settings = item.stash.get(ITEM_SETTINGS, None)
         if settings is None:  # an item collected without our collection hook
-            settings = item.stash[ITEM_SETTINGS] = _settings.for_item(item, self.settings)
+            settings = item.stash[ITEM_SETTINGS] = _markers.for_item(item, self.settings)
         self.current = TestRun(item, settings, self.guard)
-        if self.pending:
-            self.pending.clear()  # reports made but never logged (runtestprotocol(log=False))
-        self.guard.resume(settings.threshold)
-        self.guard.set_context("setup")
+        self.pending.clear()  # reports made but never logged (runtestprotocol(log=False))
+        self.guard.resume(settings.threshold, "setup")
 
     @pytest.hookimpl(tryfirst=True)
     def pytest_fixture_setup(self, fixturedef: pytest.FixtureDef[object]) -> None:
@@ -117,21 +114,10 @@ class Watch:
             self._start_teardown(run)
         elif when == "teardown":
             self._finish()
-        # unittest's items get their own failure later in this hook (item._excinfo).
-        if failed or when in run.verdicts or type(item) is not pytest.Function:
-            self.pending[item.nodeid, when] = (run, call, run.verdicts.get(when, NOTHING))
-
-    @pytest.hookimpl(tryfirst=True)
-    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
-        """Put our message on the report of a phase that blocked or failed: as the failure, or
-        beside the test's own failure, never instead. First, so xdist sends it, and the
-        terminal, JUnit XML and pytest-html show it."""
-        if self.pending:
-            found = self.pending.pop((report.nodeid, report.when), None)
-            if found is not None:
-                run, call, verdict = found
-                error = call.excinfo.value if call.excinfo is not None else None
-                self._decorate(run, report, error, verdict)
+        # Private: unittest's items keep their failure there until a later impl of this hook
+        # moves it to the call, and pytest has no public way to see it sooner.
+        if failed or when in run.verdicts or getattr(item, "_excinfo", None):
+            self.pending.add((item.nodeid, when), (run, call, run.verdicts.get(when, NOTHING)))
 
     def pytest_enter_pdb(self) -> None:
         """pdb took over (``breakpoint()``, ``--pdb``, ``--trace``): the loop is held by someone
@@ -208,15 +194,11 @@ class Watch:
             warnings.warn_explicit(pytest.PytestWarning(text), None, filename, lineno)
 
     def _decorate(
-        self,
-        run: TestRun,
-        report: pytest.TestReport,
-        error: BaseException | None,
-        verdict: Verdict,
+        self, report: pytest.TestReport, run: TestRun, call: Call, verdict: Verdict
     ) -> None:
         from . import _report
 
-        root = self.root
+        root, error = self.root, call.excinfo.value if call.excinfo is not None else None
         if verdict.events:
             # Plain data on the report: it reaches the summary and the JSON report, from xdist.
             blocks = _summary.as_dicts(verdict, report.nodeid, root)
@@ -238,6 +220,45 @@ class Watch:
                 return
         if verdict.failing and report.failed:
             report.sections.append((_SECTION, _report.render(verdict.failing, root)))
+
+
+Call = pytest.CallInfo[None]
+Waiting = tuple[TestRun, Call, Verdict]
+
+
+class Pending:
+    """Reports that wait for our message, and the log hook that puts it on them. The hook is
+    registered only while one waits: a hook called for every phase of every test costs every
+    test (bench/overhead.py), and most phases neither block nor fail."""
+
+    def __init__(
+        self,
+        plugins: pytest.PytestPluginManager,
+        decorate: Callable[[pytest.TestReport, TestRun, Call, Verdict], None],
+    ) -> None:
+        self._plugins, self._decorate = plugins, decorate
+        self._waiting: dict[tuple[str, str], Waiting] = {}  # (node id, phase) -> what to add
+
+    def add(self, key: tuple[str, str], waiting: Waiting) -> None:
+        if not self._plugins.is_registered(self):
+            self._plugins.register(self, "loopguard-pending")
+        self._waiting[key] = waiting
+
+    def clear(self) -> None:
+        if self._waiting:
+            self._waiting.clear()
+            self._plugins.unregister(self)
+
+    @pytest.hookimpl(tryfirst=True)
+    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        """Put our message on the report of a phase that blocked or failed: as the failure, or
+        beside the test's own failure, never instead. First, so xdist sends it, and the
+        terminal, JUnit XML and pytest-html show it."""
+        found = self._waiting.pop((report.nodeid, report.when), None)
+        if not self._waiting:
+            self._plugins.unregister(self)
+        if found is not None:
+            self._decorate(report, *found)
 
 
 def _unwrapped(error: BaseException | None) -> BaseException | None:

@@ -6,8 +6,7 @@ import fnmatch
 import math
 import os
 import re
-from dataclasses import dataclass, replace
-from typing import Any
+from dataclasses import dataclass
 
 import pytest
 
@@ -263,57 +262,3 @@ def _mode(config: pytest.Config) -> str:
     if cli is not None:
         return parse_mode(cli, "--loop-block-mode")
     return parse_mode(config.getini("loop_block_mode") or "fail", "ini loop_block_mode")
-
-
-def _threshold_marker(seconds: Any) -> Any:
-    return seconds
-
-
-def _allow_marker(reason: Any = None) -> Any:
-    return reason
-
-
-# Python names the function in a bad call's TypeError: make that the marker's name.
-_threshold_marker.__qualname__ = "loop_block_threshold"
-_allow_marker.__qualname__ = "allow_blocking"
-
-
-def _call_marker(item: pytest.Item, marker: pytest.Mark, func: Any, example: str) -> Any:
-    # Calling a function with the marker's signature validates its arguments like Python would.
-    try:
-        return func(*marker.args, **marker.kwargs)
-    except TypeError as exc:
-        raise pytest.UsageError(
-            f"pytest-loopguard: bad @pytest.mark.{marker.name}{_args(marker)} on {item.nodeid}: "
-            f"{exc}; expected {example}"
-        ) from None
-
-
-def _args(marker: pytest.Mark) -> str:
-    parts = [repr(a) for a in marker.args] + [f"{k}={v!r}" for k, v in marker.kwargs.items()]
-    return f"({', '.join(parts)})"
-
-
-def for_item(item: pytest.Item, settings: Settings) -> Settings:
-    """The settings for one test: its markers override the session's."""
-    marker = item.get_closest_marker("loop_block_threshold")
-    if marker is not None:
-        seconds = _call_marker(item, marker, _threshold_marker, "loop_block_threshold(0.5)")
-        where = f"@pytest.mark.loop_block_threshold on {item.nodeid}"
-        threshold = parse_threshold(seconds, where)
-        settings = replace(settings, threshold=threshold, threshold_source="marker")
-        if settings.timeout is not None and settings.timeout <= threshold:
-            raise pytest.UsageError(
-                f"pytest-loopguard: {where} sets {threshold:g} s, not below "
-                f"loop_block_timeout ({settings.timeout:g} s): raise the timeout or lower it"
-            )
-    marker = item.get_closest_marker("allow_blocking")
-    if marker is not None:
-        reason = _call_marker(item, marker, _allow_marker, 'allow_blocking(reason="...")')
-        if reason is not None and not isinstance(reason, str):
-            raise pytest.UsageError(
-                f"pytest-loopguard: bad @pytest.mark.allow_blocking on {item.nodeid}: "
-                f"reason must be a string, got {reason!r}"
-            )
-        settings = replace(settings, allow_blocking=True, allow_reason=reason)
-    return settings

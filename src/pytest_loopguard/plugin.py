@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from . import _settings, _summary
+from . import _markers, _settings, _summary
 from ._engine import ENGINE
 from ._events import BlockEvent
 from ._guard import LoopGuard
@@ -61,6 +61,7 @@ def pytest_unconfigure(config: pytest.Config) -> None:
     watch = config.stash.get(_WATCH, None)
     if watch is not None:
         del config.stash[_WATCH]
+        watch.pending.clear()
         watch.guard.pause()
         settings = watch.settings
         ENGINE.release(strict=settings.strict, hang=settings.timeout is not None)
@@ -78,8 +79,9 @@ def pytest_report_header(config: pytest.Config) -> str:
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Validate every test's markers before anything runs, so a typo is a usage error."""
     settings = config.stash[SETTINGS_KEY]
+    inherited: _markers.Inherited = {}
     for item in items:
-        item.stash[ITEM_SETTINGS] = _settings.for_item(item, settings)
+        item.stash[ITEM_SETTINGS] = _markers.for_item(item, settings, inherited)
         if isinstance(item, pytest.Function):
             _use_sqlalchemy_guard(item, settings.guard_sqlalchemy)
 
