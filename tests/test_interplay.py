@@ -40,8 +40,8 @@ def test_xfail_applies_to_a_block_as_to_any_failure(pytester: pytest.Pytester) -
         [
             "FAILED test_xfails.py::test_other_error_expected - *LoopBlockedError*",
             "FAILED test_xfails.py::test_clean*should block, does not",
-            "XFAIL test_xfails.py::test_known - a known block",
-            "XFAIL test_xfails.py::test_known_in_setup - a known block in a fixture",
+            "XFAIL *test_xfails.py::test_known - a known block",
+            "XFAIL *test_xfails.py::test_known_in_setup - a known block in a fixture",
         ]
     )
 
