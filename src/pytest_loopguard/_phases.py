@@ -2,9 +2,10 @@
 of each phase, and what goes on the phase's report.
 
 These hooks run for every test of every suite, so there are as few as the job allows (see
-bench/overhead.py): one as the test starts, and the report's wrapper, which judges each phase as
-it ends. The hooks live on objects, not in a module, so that they reach the session's state
-without a lookup.
+bench/overhead.py), and all are plain (a wrapper costs a test several times more): one as the
+test starts, and the report's hook, which judges each phase as it ends. The log hook that puts
+our message on a report is registered only while one waits. The hooks live on objects, not in
+a module, so that they reach the session's state without a lookup.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ class TestRun:
     """One test's view of the session's guard, and what has been decided about it so far."""
 
     __slots__ = (
-        "call_error",
+        "call",
         "debugged",
         "guard",
         "item",
@@ -46,8 +47,15 @@ class TestRun:
         self.verdicts: dict[str, Verdict] = {}
         self.judged = 0  # how many of the guard's events earlier verdicts have seen
         self.mark: int | None = None  # events before teardown: the rest get fixture names
-        self.call_error: BaseException | None = None
+        self.call: pytest.CallInfo[None] | None = None  # its call phase's, once over
         self.debugged = False  # pdb was entered during it
+
+    @property
+    def call_error(self) -> BaseException | None:
+        """What the test's body raised, read when asked: unittest's own failure reaches the
+        call only after our report hook has run."""
+        excinfo = self.call.excinfo if self.call is not None else None
+        return excinfo.value if excinfo is not None else None
 
 
 class Watch:
@@ -106,10 +114,9 @@ class Watch:
                 self.guard.set_context("call")
         else:
             self._end_phase(run, call)
-        excinfo = call.excinfo
-        failed = excinfo is not None
+        failed = call.excinfo is not None
         if when == "call":
-            run.call_error = excinfo.value if excinfo is not None else None
+            run.call = call
         if when == "call" or (when == "setup" and failed):
             self._start_teardown(run)
         elif when == "teardown":
@@ -137,7 +144,8 @@ class Watch:
         self.current = None
 
     def judge(self, run: TestRun, phase: str) -> Verdict:
-        """Judge the phase once; everything after reads the verdict kept on the test."""
+        """Judge the phase's events not judged yet (a phase with subtests is judged at each);
+        everything after reads the verdict kept on the test."""
         guard = self.guard
         if guard.quiet(run.judged):
             return NOTHING  # nothing new since the last verdict: the common case, kept cheap
