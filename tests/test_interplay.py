@@ -111,3 +111,30 @@ def test_a_block_in_a_subtest_fails_that_subtest_and_counts_once(
     )
     result.stdout.no_fnmatch_line("*in teardown*")
     assert result.ret == pytest.ExitCode.TESTS_FAILED
+
+
+def test_a_unittest_failure_stays_the_failure_with_the_block_beside_it(
+    pytester: pytest.Pytester,
+) -> None:
+    # unittest keeps its failure on the item until pytest's own report hook moves it to the
+    # call, after the plugin has judged the phase.
+    pytester.makepyfile(
+        test_unit="""
+        import time, unittest
+
+        class TestService(unittest.IsolatedAsyncioTestCase):
+            async def test_blocks_and_fails(self):
+                time.sleep(0.3)
+                self.assertEqual(1, 2)
+        """
+    )
+    result = run(pytester, mode="strict")
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines(
+        [
+            "*AssertionError: 1 != 2",
+            "*event loop blocked (pytest-loopguard)*",
+            blocked("test_unit.py:5 in test_blocks_and_fails", seconds="0.3*"),
+            "FAILED test_unit.py::TestService::test_blocks_and_fails - AssertionError: 1 != 2",
+        ]
+    )
