@@ -39,7 +39,8 @@ class LoopRun(Protocol):
         """The running unit's frames, innermost first, down to where the loop called into it."""
 
     def post(self, callback: Callable[[], None]) -> None:
-        """From any thread: have ``callback`` run on the loop once it is free."""
+        """From the watchdog: have ``callback`` run on the loop once the unit running now lets
+        go of it. Without the loop's descriptors: the watchdog's file table may be its own."""
 
     def debug(self, threshold: float) -> Callable[[], None] | None:
         """Turn on the loop's own slow-callback debugging; returns how to undo it."""

@@ -7,8 +7,8 @@ the same frame object on two looks proves the same callback still holds the loop
 from __future__ import annotations
 
 import asyncio
+from collections import deque
 from collections.abc import Callable, Iterable
-from contextlib import suppress
 from types import CodeType, FrameType
 from typing import Any
 
@@ -51,8 +51,13 @@ class AsyncioRun:
         return frames_until(frames, RUN_CODE)
 
     def post(self, callback: Callable[[], None]) -> None:
-        with suppress(RuntimeError):  # a closed loop is not running anything either
-            self.loop.call_soon_threadsafe(callback)
+        # Onto the loop's ready queue (a deque: one append is atomic), as ``call_soon`` does,
+        # which raises off the loop's thread in debug mode. No wake-up, which would write to
+        # the loop's socket, not in the watchdog's file table (``_filetable``): a unit holds
+        # the loop, and the loop does not wait for I/O while its ready queue has work.
+        ready = getattr(self.loop, "_ready", None)
+        if isinstance(ready, deque) and not self.loop.is_closed():
+            ready.append(asyncio.Handle(callback, (), self.loop))
 
     def debug(self, threshold: float) -> Callable[[], None] | None:
         loop, was, slow = self.loop, self.loop.get_debug(), self.loop.slow_callback_duration

@@ -81,7 +81,9 @@ class TrioRun:
         return frames_until(frames, self._code)
 
     def post(self, callback: Callable[[], None]) -> None:
-        # A run that finished runs nothing more: nothing to wait for.
+        # Through the run's wake-up socket: the watchdog shares the process's file table
+        # from the first trio run on (``Watchdog.share_files``). A finished run runs nothing
+        # more.
         with suppress(Exception):
             self.loop.run_sync_soon(callback)
 

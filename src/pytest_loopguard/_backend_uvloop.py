@@ -13,7 +13,6 @@ import importlib.abc
 import importlib.machinery
 import threading
 from collections.abc import Callable, Iterable, Sequence
-from contextlib import suppress
 from types import FrameType, ModuleType
 from typing import Any
 
@@ -47,8 +46,12 @@ class NativeRun:
         return frames_until(frames, base=self._base)
 
     def post(self, callback: Callable[[], None]) -> None:
-        with suppress(RuntimeError):
-            self.loop.call_soon_threadsafe(callback)
+        # Nothing: the ticker ends the block (``needs_beat``). A unit that held the loop for
+        # half the threshold held it past a tick (a tenth of it), which then runs first thing
+        # after it, with the timers, before anything posted would. ``call_soon_threadsafe``
+        # writes to libuv's wake-up descriptor, which the watchdog's own file table
+        # (``_filetable``) lacks, and libuv aborts the process when such a write fails.
+        return
 
     def debug(self, threshold: float) -> Callable[[], None] | None:
         return None  # uvloop has no slow-callback debugging to turn on

@@ -115,35 +115,67 @@ class RunQueueClock:
 
 @dataclass(eq=False)
 class RunQueue:
-    """A loop thread's run-queue wait: its clock, opened on first use, and the last reading.
+    """A loop thread's run-queue wait: the last reading, and the clock the thread itself reads.
 
     A block counts its wait from the reading before it began, like its CPU time, so that one
     the watchdog could not look at (C code kept the GIL) has its wait left out too. Read at
-    every look, and at a loop start when older than ``refresh``.
+    every look (by the watchdog, on its own clock: see ``QueueClocks``), and at a loop start
+    when older than ``refresh``.
     """
 
-    clock: RunQueueClock | None = None
+    clock: RunQueueClock | None = None  # opened in the loop threads' file table
     tried: bool = False
     last: tuple[float, float] | None = None  # (seconds waited so far, when read)
     refresh: ClassVar[float] = 0.05
 
-    def read(self, native_id: int | None, now: float, *, keep_gil: bool = True) -> float | None:
-        if self.clock is None and not self.tried and native_id is not None:
-            self.tried = True
-            self.clock = RunQueueClock.open(native_id)
-        waited = None if self.clock is None else self.clock.read(keep_gil=keep_gil)
+    def note(self, waited: float | None, now: float) -> float | None:
         self.last = None if waited is None else (waited, now)
         return waited
 
     def refresh_at_start(self, native_id: int | None, now: float) -> None:
-        """Unless a look read it lately: a read costs a µs or two, a test starts a few loops."""
-        if self.last is None or now - self.last[1] > self.refresh:
-            self.read(native_id, now, keep_gil=False)
+        """Unless a look read it lately: a read costs a µs or two, a test starts a few loops.
+        ``os.pread`` here: it saves importing ctypes in a run whose loops are never long
+        enough for the watchdog to look."""
+        if self.last is not None and now - self.last[1] <= self.refresh:
+            return
+        if self.clock is None and not self.tried and native_id is not None:
+            self.tried = True
+            self.clock = RunQueueClock.open(native_id)
+        self.note(None if self.clock is None else self.clock.read(keep_gil=False), now)
 
     def close(self) -> None:
+        """On a thread that shares the loop threads' file table (not the watchdog's)."""
         if self.clock is not None:
             self.clock.close()
             self.clock = None
+
+
+class QueueClocks:
+    """The run-queue clocks the watchdog reads, one a loop thread record: opened in its own
+    file table (``_filetable``), so closed only by it, once their record is gone."""
+
+    def __init__(self) -> None:
+        self._open: dict[int, tuple[Any, RunQueueClock | None]] = {}  # id(record): both
+
+    def read(self, record: Any, native_id: int | None) -> float | None:
+        entry = self._open.get(id(record))
+        if entry is None or entry[0] is not record:
+            clock = None if native_id is None else RunQueueClock.open(native_id)
+            entry = self._open[id(record)] = (record, clock)
+        return None if entry[1] is None else entry[1].read()
+
+    def sweep(self, records: dict[int, Any]) -> None:
+        """Close the clocks of the records no longer in ``records`` (by ident)."""
+        if len(self._open) <= len(records):
+            return  # the common case: every one of ours is still there
+        for key, (record, clock) in tuple(self._open.items()):
+            if records.get(record.ident) is not record:
+                del self._open[key]
+                if clock is not None:
+                    clock.close()
+
+    def close(self) -> None:
+        self.sweep({})
 
 
 # One collection of each generation may have merely landed in a block: its counter was nearly

@@ -286,6 +286,11 @@ class Engine:
             with self.ledger.lock:
                 self.ledger.held(thread, run, unit, (start, end), run.stack(frames), self)
 
+    def trio_run_starting(self) -> None:
+        # Trio's runs are posted to through their wake-up socket (``TrioRun.post``).
+        if self.watchdog.detached:
+            self.watchdog.share_files()
+
     def tick_period(self) -> float:
         return min(max(self.threshold / 10, 0.001), 0.01)
 

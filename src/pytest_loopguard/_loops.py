@@ -94,6 +94,8 @@ class Listener(Protocol):
 
     def thread_done(self, thread: LoopThread) -> None: ...
 
+    def trio_run_starting(self) -> None: ...
+
     def tick_period(self) -> float: ...
 
 
@@ -256,6 +258,7 @@ class Registry:
         new, so it cannot be running here already."""
         thread = self._here()
         if self._trio_code is not None:
+            self.listener.trio_run_starting()  # before the watchdog can see the run
             self._push(thread, TrioRun(token, self._trio_code, thread.run))
 
     def leave(self, loop: Any) -> None:
@@ -303,3 +306,4 @@ class Registry:
         if not thread.main:
             self.listener.thread_done(thread)
             self.threads.pop(thread.ident, None)  # a worker thread's record goes with its loop
+            thread.queue.close()  # here, in the loop threads' file table

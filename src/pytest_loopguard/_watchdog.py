@@ -4,7 +4,8 @@ Nothing runs per callback. The watchdog looks at the loop threads' stacks
 (``sys._current_frames()``) every half threshold, and every few milliseconds once a unit of work
 has held its loop for half the threshold, counting the user lines it finds there. Looks are rare
 on purpose: each one takes the GIL from a busy loop thread. While no guard is active or no loop
-runs it waits without a timeout, and the first loop start (or guard) after that wakes it.
+runs it waits without a timeout, and the first loop start (or guard) after that wakes it. It
+runs on a file table of its own (``_filetable``) until a trio run starts.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from dataclasses import replace
 from types import FrameType
 from typing import TYPE_CHECKING
 
-from . import _clocks, _debugger
+from . import _clocks, _debugger, _filetable
 
 # Imported here, on the main thread, never lazily on the watchdog's: an import there can run
 # pytest's assertion rewriter concurrently with the main thread's (ast is not safe for that).
@@ -35,28 +36,55 @@ _STALE = 0.005  # a look that took longer than this: the watchdog lost the GIL m
 class Watchdog:
     """The sampling thread. ``wakes``, ``looks`` and ``naps`` count what it did (tests and
     benchmarks read them): every return from a wait, the ones that looked at loop threads, and
-    every time it went to sleep with nothing to watch."""
+    every time it went to sleep with nothing to watch. ``detached``: it runs on a file table
+    of its own (``_filetable``)."""
 
     NAME = "pytest-loopguard-watchdog"
 
     def __init__(self, engine: Engine) -> None:
         self._engine = engine
         self._cond = threading.Condition(threading.Lock())
+        self._life = threading.Lock()  # start, stop and share_files, from any thread
         self._thread: threading.Thread | None = None
         self._stopping = False
-        self.sleeping = False
+        self.sleeping = self.detached = False
         self.wakes = self.looks = self.naps = 0
+        self.queues = _clocks.QueueClocks()
 
     @property
     def alive(self) -> bool:
         return self._thread is not None and self._thread.is_alive()
 
     def start(self) -> None:
-        self._stopping, self.sleeping = False, False
-        self._thread = threading.Thread(target=self._run, name=self.NAME, daemon=True)
-        self._thread.start()
+        """Returns once the thread runs, on its own file table where it can: from then on it
+        holds no copy of the process's descriptors."""
+        with self._life:
+            self._start(detach=True)
 
     def stop(self) -> None:
+        with self._life:
+            self._stop()
+
+    def share_files(self) -> None:
+        """From now on, run on the process's file table (a trio run is about to start: trio's
+        runs are posted to through their wake-up socket). A thread cannot take back a table
+        it left: a new one starts, once a session."""
+        with self._life:
+            if self._thread is not None and self.detached:
+                self._stop()
+                self._start(detach=False)
+
+    def _start(self, detach: bool) -> None:
+        self._stopping, self.sleeping, self.detached = False, False, False
+        ready = threading.Event()
+        unshare = _filetable.unshare_call() if detach else None
+        self._thread = threading.Thread(
+            target=self._run, args=(unshare, ready), name=self.NAME, daemon=True
+        )
+        self._thread.start()
+        ready.wait()
+
+    def _stop(self) -> None:
         with self._cond:
             self._stopping = True
             self._cond.notify_all()
@@ -76,15 +104,20 @@ class Watchdog:
         engine = self._engine
         return bool(engine.guards) and any(t.runs for t in tuple(engine.registry.threads.values()))
 
-    def _run(self) -> None:
+    def _run(self, unshare: _filetable.Unshare | None, ready: threading.Event) -> None:
+        try:
+            self.detached = _filetable.detach(unshare)
+        finally:
+            ready.set()
         while True:
             with self._cond:
                 self._pause()
                 if self._stopping:
-                    return
+                    break
             if self._wanted():
                 self.looks += 1
                 self._poll()
+        self.queues.close()  # in this thread's table: no other thread may close them
 
     def _pause(self) -> None:
         """Until the next look (the caller holds ``_cond``): asleep while there is nothing to
@@ -137,6 +170,7 @@ class Watchdog:
                 self._after_sampling(thread, run, top, now)
             del frames, seen, looked
             engine.ledger.flush()
+        self.queues.sweep(engine.registry.threads)
 
     def _look(
         self,
@@ -182,7 +216,7 @@ class Watchdog:
     ) -> None:
         """What may drop the GIL (a socket write, /proc, source files): after every sample."""
         thread.cpu_at_poll = cpu = _clocks.read(thread.cpu_clock)
-        queued = thread.queue.read(thread.native_id, now)
+        queued = thread.queue.note(self.queues.read(thread, thread.native_id), now)
         block = thread.block
         if block is None:
             return
