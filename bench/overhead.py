@@ -153,9 +153,10 @@ CONFIGS = {
 }
 
 # ``--floor``: the plugin off, and one thread that only waits for the whole session. Any second
-# thread makes some system calls dearer for the loop's thread (on Linux, ``epoll_wait`` takes a
-# reference on its file once the file table is shared); uvloop, which polls on every iteration,
-# runs measurably slower for it. This is the part of the watchdog's cost that is not its work.
+# thread that shares the process's file table makes every descriptor the loop's thread uses in
+# a system call dearer (Linux then takes a reference on the file for each ``epoll_wait``); a loop
+# that polls on every iteration runs measurably slower for it. The watchdog keeps a table of its
+# own (``_filetable``) and so does not pay this, until a trio run starts.
 IDLE_THREAD = """
 import threading
 
@@ -306,7 +307,7 @@ def run_suite(suite: str, args: argparse.Namespace, configs: dict[str, list[str]
         print("  CPU time (user + system):")
         report(cpus, tests)
         if "thread" in walls:
-            print("  against one idle thread (the floor any watchdog thread pays), wall, then CPU:")
+            print("  against one idle thread (a thread on the shared file table), wall, then CPU:")
             report({k: walls[k] for k in ("thread", "on")}, tests, base="thread")
             report({k: cpus[k] for k in ("thread", "on")}, tests, base="thread")
         if args.debug_rounds and suite == "callbacks":

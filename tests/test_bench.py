@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 BENCH = Path(__file__).parent.parent / "bench" / "overhead.py"
+LOOP_RUNS = BENCH.with_name("loop_runs.py")
 
 
 def _overhead(*args: str) -> str:
@@ -33,9 +34,8 @@ def test_callbacks_with_the_idle_thread_floor(loop: list[str]) -> None:
     out = _overhead("--tests", "3", "--sleeps", "10", "--floor", *loop).splitlines()
     assert any(line.strip().startswith("on: median") and "target <=" in line for line in out)
     assert "  CPU time (user + system):" in out
-    floor = out.index(
-        "  against one idle thread (the floor any watchdog thread pays), wall, then CPU:"
-    )
+    header = "  against one idle thread (a thread on the shared file table), wall, then CPU:"
+    floor = out.index(header)
     assert [line.split(":")[0].strip() for line in out[floor + 1 : floor + 5]] == [
         "thread",
         "on",
@@ -48,3 +48,17 @@ def test_tiny_suites_run() -> None:
     out = _overhead("--suite", "tiny-sync", "--suite", "tiny-async", "--tests", "5")
     assert "tiny-sync: 5 tests on asyncio; 1 rounds" in out
     assert "tiny-async: 5 tests on asyncio; 1 rounds" in out
+
+
+@pytest.mark.parametrize("loop", [[], ["--uvloop"]], ids=["asyncio", "uvloop"])
+def test_loop_runs_prints_each_configuration(loop: list[str]) -> None:
+    done = subprocess.run(
+        [sys.executable, str(LOOP_RUNS), "--sleeps", "10", "--rounds", "2", *loop],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    names = [line.split(":")[0].strip() for line in done.stdout.splitlines()]
+    assert names == ["none", "guard", "shared", "own-table"]
+    assert done.stdout.splitlines()[0].endswith(", 1.000x")

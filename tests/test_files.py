@@ -33,6 +33,14 @@ def watchdog_files():
     return [os.readlink(folder / name) for name in os.listdir(folder) if int(name) > 2]
 
 
+def watchdog_signals():
+    # The signals the watchdog does not block: a handler run on its thread would use its table.
+    (watchdog,) = [t for t in threading.enumerate() if t.name == ENGINE.watchdog.NAME]
+    status = Path(f"/proc/self/task/{watchdog.native_id}/status").read_text()
+    mask = next(int(line.split()[1], 16) for line in status.splitlines() if "SigBlk" in line)
+    return {n for n in range(1, 32) if not mask >> (n - 1) & 1}
+
+
 """
 
 
@@ -89,10 +97,12 @@ def test_the_watchdog_holds_only_its_own_files(tmp_path: Path) -> None:
             asyncio.run(asyncio.sleep(0.2))  # looked at: the watchdog reads its run queue
             mine = f"/proc/{os.getpid()}/task/{threading.get_native_id()}/schedstat"
             print("files", [f.replace(mine, "main's schedstat") for f in watchdog_files()])
+            print("signals it takes", sorted(watchdog_signals()))
         print("events", guard.events)
         """,
     )
-    assert lines == ["detached True", 'files ["main\'s schedstat"]', "events []"]
+    expected = ["detached True", 'files ["main\'s schedstat"]', "signals it takes [9, 19]"]
+    assert lines == [*expected, "events []"]
 
 
 def test_loop_threads_leave_no_descriptor_behind(tmp_path: Path) -> None:

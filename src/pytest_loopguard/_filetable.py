@@ -13,6 +13,7 @@ source files for a report) lives and closes in its own table.
 from __future__ import annotations
 
 import os
+import signal
 import sys
 from collections.abc import Callable
 from contextlib import suppress
@@ -30,6 +31,10 @@ def detach(unshare: Unshare | None) -> bool:
     (not Linux, or a seccomp profile refuses ``unshare``): the thread shares it, as any does."""
     if unshare is None:
         return False
+    # First: a signal handled on this thread would write to the wake-up descriptor's number
+    # (``signal.set_wakeup_fd``) in this table, where it means nothing. Blocked here, a signal
+    # sent to the process goes to a thread on the process's table.
+    signal.pthread_sigmask(signal.SIG_BLOCK, signal.valid_signals())
     try:
         unshare(_CLONE_FILES)
     except OSError:
