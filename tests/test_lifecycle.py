@@ -95,7 +95,7 @@ def _counts(summary: str) -> tuple[int, int, int, float]:
 
 
 LEFTOVERS = """
-import asyncio, gc, signal, sys, threading
+import asyncio, gc, os, signal, sys, threading
 
 import pytest
 import uvloop  # imported before the session: its loop class gets patched
@@ -115,19 +115,31 @@ def pytest_unconfigure(config):
         "meta_path": [f for f in sys.meta_path if "pytest_loopguard" in repr(type(f))],
         "audit": (bool(HUB.recorders), HUB.patched),
         "signal": signal.getsignal(signal.SIGUSR2) is signal.SIG_DFL,
+        "schedstat": [f for f in _open_files() if f.endswith("/schedstat")],
     }
     print("AFTER-SESSION", checks)
+
+
+def _open_files():
+    found = []
+    for name in os.listdir("/proc/self/fd") if os.path.isdir("/proc/self/fd") else ():
+        try:
+            found.append(os.readlink(f"/proc/self/fd/{name}"))
+        except OSError:
+            pass  # the listing's own descriptor
+    return found
 """
 
 
 def test_nothing_remains_after_the_session(pytester: pytest.Pytester) -> None:
-    """After pytest_unconfigure: no thread, patch, gc callback, import hook or signal handler,
-    and strict mode's audit hook (which Python cannot remove) has nothing to call."""
+    """After pytest_unconfigure: no thread, patch, gc callback, import hook, signal handler or
+    descriptor (loops in worker threads included), and strict mode's audit hook (which Python
+    cannot remove) has nothing to call."""
     pytest.importorskip("uvloop")
     pytester.makeconftest(LEFTOVERS)
     pytester.makepyfile(
         """
-        import asyncio, time
+        import asyncio, threading, time
 
         async def test_blocks():
             time.sleep(0.2)
@@ -135,16 +147,23 @@ def test_nothing_remains_after_the_session(pytester: pytest.Pytester) -> None:
         def test_uvloop_imported_in_a_test():
             import uvloop
             uvloop.run(asyncio.sleep(0))
+
+        def test_loops_in_threads():
+            for _ in range(5):
+                thread = threading.Thread(target=asyncio.run, args=(asyncio.sleep(0.06),))
+                thread.start()
+                thread.join()
         """
     )
     # A process of its own: strict mode's audit hook stays in a process for good.
     args = ("--loop-block-strict", "--loop-block-timeout=5", "-s")
     result = run(pytester, *args, subprocess=True)
-    result.assert_outcomes(failed=1, passed=1)
+    result.assert_outcomes(failed=1, passed=2)
     result.stdout.fnmatch_lines(
         [
             "AFTER-SESSION {'engine': [], 'hook': False, 'uvloop': False, 'thread': [], "
-            "'gc': [], 'meta_path': [], 'audit': (False, False), 'signal': True}"
+            "'gc': [], 'meta_path': [], 'audit': (False, False), 'signal': True, "
+            "'schedstat': []}"
         ]
     )
 

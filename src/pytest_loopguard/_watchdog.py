@@ -107,6 +107,8 @@ class Watchdog:
     def _run(self, unshare: _filetable.Unshare | None, ready: threading.Event) -> None:
         try:
             self.detached = _filetable.detach(unshare)
+        except Exception:  # whatever went wrong, the watchdog still watches
+            self.detached = False
         finally:
             ready.set()
         while True:
