@@ -167,7 +167,9 @@ class QueueClocks:
     def sweep(self, records: dict[int, Any]) -> None:
         """Close the clocks of the records no longer in ``records`` (by ident)."""
         if len(self._open) <= len(records):
-            return  # the common case: every one of ours is still there
+            # Most often every one of ours is still there; else a gone one lingers only until
+            # one more goes (never more of ours than there are records).
+            return
         for key, (record, clock) in tuple(self._open.items()):
             if records.get(record.ident) is not record:
                 del self._open[key]

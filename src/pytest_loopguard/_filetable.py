@@ -20,7 +20,7 @@ from contextlib import suppress
 from functools import cache
 
 _CLONE_FILES = 0x400  # <linux/sched.h>
-_STDIO = 3  # 0, 1, 2 are kept: a traceback of the watchdog's still reaches stderr
+_ABOVE_STDIO = 3  # 0, 1, 2 are kept: a traceback of the watchdog's still reaches stderr
 
 
 Unshare = Callable[[int], None]
@@ -71,9 +71,9 @@ def _close_copies() -> None:
         # The calling thread's table, not the process leader's (``/proc/self``).
         names = os.listdir("/proc/thread-self/fd")
     except OSError:
-        os.closerange(_STDIO, os.sysconf("SC_OPEN_MAX"))
+        os.closerange(_ABOVE_STDIO, os.sysconf("SC_OPEN_MAX"))
         return
     for name in names:
-        if name.isdigit() and int(name) >= _STDIO:
+        if name.isdigit() and int(name) >= _ABOVE_STDIO:
             with suppress(OSError):  # the listing's own descriptor, closed already
                 os.close(int(name))
