@@ -20,7 +20,7 @@ from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 
 from pytest_loopguard import LoopGuard
-from pytest_loopguard._filetable import detach, unshare_call
+from pytest_loopguard._core.filetable import detach, unshare_call
 
 
 async def _sleeps(count: int) -> None:

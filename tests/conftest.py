@@ -13,7 +13,7 @@ import pytest
 import requests  # noqa: F401
 import sqlalchemy.ext.asyncio  # noqa: F401
 
-from pytest_loopguard._engine import ENGINE
+from pytest_loopguard._core.engine import ENGINE
 
 pytest_plugins = ["pytester"]
 

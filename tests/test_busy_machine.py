@@ -112,7 +112,7 @@ def test_the_wait_for_a_cpu_is_no_false_alarm_and_is_said_apart(pytester: pytest
 def test_the_run_queue_clock_reads_the_thread_s_schedstat() -> None:
     import threading
 
-    from pytest_loopguard import _clocks
+    from pytest_loopguard._base import clocks as _clocks
 
     def waited() -> float:
         with open(f"/proc/self/task/{threading.get_native_id()}/schedstat", "rb") as f:

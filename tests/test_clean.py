@@ -91,7 +91,7 @@ def test_sync_tests_are_not_watched(pytester: pytest.Pytester) -> None:
     pytester.makepyfile(
         """
         import time
-        from pytest_loopguard._engine import ENGINE
+        from pytest_loopguard._core.engine import ENGINE
 
         def test_sync_sleeps():
             time.sleep(0.3)

@@ -11,8 +11,9 @@ import time
 import pytest
 
 import pytest_loopguard
-from pytest_loopguard import LoopBlockedError, LoopGuard, _hints
-from pytest_loopguard._engine import ENGINE
+from pytest_loopguard import LoopBlockedError, LoopGuard
+from pytest_loopguard._base import hints as _hints
+from pytest_loopguard._core.engine import ENGINE
 
 
 async def _blocks(seconds: float) -> None:
@@ -212,8 +213,8 @@ def test_a_collection_during_the_gc_accounting_does_not_crash() -> None:
 def test_only_a_batch_s_first_callback_is_timed_from_the_batch_start() -> None:
     """A later callback of a batch began after the ones before it: timing it from the batch's
     start would add their time to its block (a false alarm when they were long)."""
-    from pytest_loopguard import _clocks
-    from pytest_loopguard._backend_asyncio import RUN_CODE, AsyncioRun
+    from pytest_loopguard._backends.asyncio import RUN_CODE, AsyncioRun
+    from pytest_loopguard._base import clocks as _clocks
 
     loop = asyncio.new_event_loop()
     run, since, seen = AsyncioRun(loop), _clocks.now(), []

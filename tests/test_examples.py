@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from pytest_loopguard import _hints
+from pytest_loopguard._base import hints as _hints
 
 EXAMPLES = Path(__file__).parent.parent / "conftest_examples"
 SLEEP_FIX = "fix: time.sleep blocks every request — use `await asyncio.sleep(...)`"

@@ -23,7 +23,7 @@ PRELUDE = """
 import asyncio, os, sys, threading, time
 from pathlib import Path
 from pytest_loopguard import LoopGuard
-from pytest_loopguard._engine import ENGINE
+from pytest_loopguard._core.engine import ENGINE
 
 
 def watchdog_files():

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from conftest import blocked, run
-from pytest_loopguard import _hints
+from pytest_loopguard._base import hints as _hints
 
 
 @pytest.mark.parametrize(

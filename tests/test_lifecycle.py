@@ -10,7 +10,7 @@ from conftest import run
 COUNTING = """
 import time
 import pytest
-from pytest_loopguard._engine import ENGINE
+from pytest_loopguard._core.engine import ENGINE
 
 SPANS = []  # (kind, nodeid, looks, wakes, time) at each test's start and finish
 
@@ -103,8 +103,8 @@ import uvloop  # imported before the session: its loop class gets patched
 
 @pytest.hookimpl(trylast=True)
 def pytest_unconfigure(config):
-    from pytest_loopguard._engine import ENGINE
-    from pytest_loopguard._strict import HUB
+    from pytest_loopguard._core.engine import ENGINE
+    from pytest_loopguard._core.strict import HUB
 
     checks = {
         "engine": ENGINE.leftovers(),
@@ -174,7 +174,7 @@ def test_a_lone_guard_owns_the_machinery_while_no_session_does() -> None:
     import time
 
     from pytest_loopguard import LoopGuard
-    from pytest_loopguard._engine import ENGINE
+    from pytest_loopguard._core.engine import ENGINE
 
     async def blocks() -> None:
         time.sleep(0.2)

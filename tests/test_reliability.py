@@ -12,8 +12,8 @@ import time
 import pytest
 
 from conftest import run
-from pytest_loopguard import _strict
-from pytest_loopguard._engine import ENGINE
+from pytest_loopguard._core import strict as _strict
+from pytest_loopguard._core.engine import ENGINE
 
 
 def test_a_thousand_tests_leave_no_thread_patch_or_hook(pytester: pytest.Pytester) -> None:
@@ -110,7 +110,7 @@ def test_interrupted_session_tears_down_cleanly(pytester: pytest.Pytester) -> No
     pytester.makeconftest(
         """
         import threading
-        from pytest_loopguard._engine import ENGINE
+        from pytest_loopguard._core.engine import ENGINE
 
         def pytest_unconfigure(config):
             names = [t.name for t in threading.enumerate()]

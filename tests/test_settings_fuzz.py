@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pytest_loopguard import _settings
+from pytest_loopguard._plugin import settings as _settings
 
 ANY = st.one_of(st.text(), st.floats(), st.integers(), st.booleans(), st.none())
 

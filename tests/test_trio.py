@@ -468,7 +468,7 @@ def test_the_instrument_never_raises_into_trio(monkeypatch: pytest.MonkeyPatch) 
     """Trio drops (and logs) an instrument that raises: whatever goes wrong on our side, the
     run goes on and the instrument stays quiet."""
     from pytest_loopguard import LoopGuard
-    from pytest_loopguard._engine import ENGINE
+    from pytest_loopguard._core.engine import ENGINE
 
     def broken(_token: object) -> None:
         raise RuntimeError("registry broke")

@@ -10,9 +10,9 @@ The engine works without pytest::
 
 from __future__ import annotations
 
-from ._events import BlockEvent, Hint, LoopBlockedError, LoopguardError, LoopHangError
-from ._frames import FrameInfo
-from ._guard import LoopGuard
+from ._base.events import BlockEvent, Hint, LoopBlockedError, LoopguardError, LoopHangError
+from ._base.frames import FrameInfo
+from ._core.guard import LoopGuard
 
 __version__ = "0.1.0.dev0"
 
@@ -27,7 +27,7 @@ def __getattr__(name: str) -> object:
 
         return getattr(sqlalchemy, name)
     if name == "render":  # the text layer, imported when first needed
-        from ._report import render
+        from ._base.report import render
 
         return render
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -15,13 +15,15 @@ from typing import Any
 
 import pytest
 
-from . import _markers, _settings, _summary
-from ._engine import ENGINE
-from ._events import BlockEvent
-from ._guard import LoopGuard
-from ._options import MARKERS, OPTIONS
-from ._phases import ITEM_SETTINGS, TestRun, Watch
-from ._settings import SETTINGS_KEY, Settings
+from ._base.events import BlockEvent
+from ._core.engine import ENGINE
+from ._core.guard import LoopGuard
+from ._plugin import markers as _markers
+from ._plugin import settings as _settings
+from ._plugin import summary as _summary
+from ._plugin.options import MARKERS, OPTIONS
+from ._plugin.phases import ITEM_SETTINGS, TestRun, Watch
+from ._plugin.settings import SETTINGS_KEY, Settings
 
 _WATCH = pytest.StashKey[Watch]()
 
@@ -69,7 +71,7 @@ def pytest_unconfigure(config: pytest.Config) -> None:
 
 def pytest_report_header(config: pytest.Config) -> str:
     """Say in one line what the plugin will do, so a CI log shows it."""
-    from . import _report  # the text layer: imported when needed
+    from ._base import report as _report  # the text layer: imported when needed
 
     s = config.stash[SETTINGS_KEY]
     shown = (s.threshold, s.threshold_source, s.debug, s.timeout, s.strict)
@@ -117,7 +119,7 @@ def _root(config: pytest.Config) -> Path:
 
 
 def _error_chain(error: BaseException | None) -> list[BaseException]:
-    from ._hints import chain
+    from ._base.hints import chain
 
     return chain(error)
 

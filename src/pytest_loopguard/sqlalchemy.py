@@ -24,11 +24,11 @@ from sqlalchemy.exc import MissingGreenlet
 from sqlalchemy.orm import InstrumentedAttribute, ORMExecuteState, Session
 from sqlalchemy.pool import Pool
 
-from ._events import LoopguardError
-from ._frames import FrameFilter, FrameInfo, describe
-from ._sa_nplusone import NPlusOne, QueryCounter
-from ._sa_nplusone import message as nplusone_message
-from ._sa_sessions import (
+from ._base.events import LoopguardError
+from ._base.frames import FrameFilter, FrameInfo, describe
+from ._sqlalchemy.nplusone import NPlusOne, QueryCounter
+from ._sqlalchemy.nplusone import message as nplusone_message
+from ._sqlalchemy.sessions import (
     Checkout,
     Checkouts,
     ConcurrentSessionError,
@@ -36,7 +36,7 @@ from ._sa_sessions import (
     leak_message,
     watch_sessions,
 )
-from ._sa_strict import DetachedAccessError, StrictSessionFactory
+from ._sqlalchemy.strict import DetachedAccessError, StrictSessionFactory
 
 __all__ = [
     "ConcurrentSessionError",

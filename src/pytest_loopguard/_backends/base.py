@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterable
 from types import FrameType
 from typing import Any, Protocol
 
-from ._frames import Stack
+from .._base.frames import Stack
 
 
 class LoopRun(Protocol):

@@ -12,7 +12,7 @@ from types import CodeType
 
 import pytest
 
-from ._events import BlockEvent
+from .._base.events import BlockEvent
 
 # (file, function) of a fixture's code -> (fixture name, line of its first yield or None).
 Codes = dict[tuple[str, str], tuple[str, "int | None"]]

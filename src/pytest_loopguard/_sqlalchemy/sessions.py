@@ -27,10 +27,10 @@ from typing import Any
 from greenlet import getcurrent
 from sqlalchemy.exc import InvalidRequestError
 
-from ._events import LoopguardError
-from ._frames import FrameFilter, FrameInfo, RawFrame, describe, raw, resolve
-from ._greenlets import walk
-from ._report import relative
+from .._base.events import LoopguardError
+from .._base.frames import FrameFilter, FrameInfo, RawFrame, describe, raw, resolve
+from .._base.greenlets import walk
+from .._base.report import relative
 
 
 class ConcurrentSessionError(InvalidRequestError, LoopguardError):

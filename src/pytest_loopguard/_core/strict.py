@@ -22,20 +22,20 @@ from dataclasses import dataclass
 from types import CodeType, FrameType
 from typing import Any, Protocol
 
-from . import _hints
-from ._events import BlockEvent, Hint
-from ._frames import FrameFilter, Sample, Stack, first_user, resolve, sample
+from .._base import hints
+from .._base.events import BlockEvent, Hint
+from .._base.frames import FrameFilter, Sample, Stack, first_user, resolve, sample
 
 # Audit event -> (the call as a user reads it, its hint, whether its arguments say it blocks).
 _AUDITED: dict[str, tuple[str, Hint, Callable[[tuple[Any, ...]], bool]]] = {
-    "time.sleep": ("time.sleep()", _hints.SLEEP, lambda a: bool(a) and a[0] > 0),  # 3.13+
-    "socket.connect": ("socket.connect()", _hints.SOCKET, lambda a: _blocking_socket(a[0])),
-    "socket.getaddrinfo": ("socket.getaddrinfo()", _hints.DNS, lambda a: True),
-    "socket.gethostbyname": ("socket.gethostbyname()", _hints.DNS, lambda a: True),
-    "socket.gethostbyaddr": ("socket.gethostbyaddr()", _hints.DNS, lambda a: True),
-    "open": ("open()", _hints.FILE, lambda a: True),
-    "subprocess.Popen": ("subprocess.Popen()", _hints.SUBPROCESS, lambda a: True),
-    "os.system": ("os.system()", _hints.SUBPROCESS, lambda a: True),
+    "time.sleep": ("time.sleep()", hints.SLEEP, lambda a: bool(a) and a[0] > 0),  # 3.13+
+    "socket.connect": ("socket.connect()", hints.SOCKET, lambda a: _blocking_socket(a[0])),
+    "socket.getaddrinfo": ("socket.getaddrinfo()", hints.DNS, lambda a: True),
+    "socket.gethostbyname": ("socket.gethostbyname()", hints.DNS, lambda a: True),
+    "socket.gethostbyaddr": ("socket.gethostbyaddr()", hints.DNS, lambda a: True),
+    "open": ("open()", hints.FILE, lambda a: True),
+    "subprocess.Popen": ("subprocess.Popen()", hints.SUBPROCESS, lambda a: True),
+    "os.system": ("os.system()", hints.SUBPROCESS, lambda a: True),
 }
 
 # Calls made from inside these modules are their own business on the loop, wherever they are on
@@ -175,16 +175,16 @@ def _sock_blocks(sock: Any, *_: Any, **__: Any) -> bool:
 def _wrapped() -> list[tuple[Any, str, str, Hint, Any]]:
     """What has no audit event: thread waits, futures, and I/O on blocking sockets."""
     table: list[tuple[Any, str, str, Hint, Any]] = [
-        (concurrent.futures.Future, "result", "Future.result()", _hints.FUTURE, _not_done),
-        (threading.Event, "wait", "threading.Event.wait()", _hints.LOCK, _event_unset),
-        (threading.Condition, "wait", "threading.Condition.wait()", _hints.LOCK, _waits),
-        (threading.Thread, "join", "threading.Thread.join()", _hints.LOCK, _waits),
-        (queue.Queue, "get", "queue.Queue.get()", _hints.LOCK, _queue_empty),
+        (concurrent.futures.Future, "result", "Future.result()", hints.FUTURE, _not_done),
+        (threading.Event, "wait", "threading.Event.wait()", hints.LOCK, _event_unset),
+        (threading.Condition, "wait", "threading.Condition.wait()", hints.LOCK, _waits),
+        (threading.Thread, "join", "threading.Thread.join()", hints.LOCK, _waits),
+        (queue.Queue, "get", "queue.Queue.get()", hints.LOCK, _queue_empty),
     ]
     for name in ("recv", "recv_into", "recvfrom", "send", "sendall", "accept"):
-        table.append((socket.socket, name, f"socket.{name}()", _hints.SOCKET, _sock_blocks))
+        table.append((socket.socket, name, f"socket.{name}()", hints.SOCKET, _sock_blocks))
     if sys.version_info < (3, 13):  # time.sleep has no audit event before 3.13
-        table.append((time, "sleep", "time.sleep()", _hints.SLEEP, lambda s: s > 0))
+        table.append((time, "sleep", "time.sleep()", hints.SLEEP, lambda s: s > 0))
     return table
 
 
@@ -263,7 +263,7 @@ class CallLog:
             cpu_time=None,
             frame=resolve(recorded.found.top),
             stack=tuple(resolve(f) for f in recorded.found.users),
-            hint=_hints.for_backend(recorded.hint, recorded.backend),
+            hint=hints.for_backend(recorded.hint, recorded.backend),
             allowed=recorded.allowed,
             phase=phase,
             fixture=recorded.fixture,

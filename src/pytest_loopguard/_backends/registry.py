@@ -19,11 +19,11 @@ from dataclasses import dataclass, field
 from types import FrameType, ModuleType
 from typing import Any, Protocol
 
-from . import _clocks
-from ._backend import LoopRun
-from ._backend_asyncio import AsyncioRun
-from ._backend_trio import TrioRun, instrument, run_loop_code, with_instrument
-from ._backend_uvloop import ImportWatch, NativeRun
+from .._base import clocks
+from .asyncio import AsyncioRun
+from .base import LoopRun
+from .trio import TrioRun, instrument, run_loop_code, with_instrument
+from .uvloop import ImportWatch, NativeRun
 
 # (module, class) of the event loops implemented in C that we know how to watch.
 NATIVE: tuple[tuple[str, str], ...] = (("uvloop", "Loop"), ("winloop", "Loop"))
@@ -38,13 +38,13 @@ class LoopThread:
     ident: int
     name: str
     native_id: int | None
-    cpu_clock: _clocks.CpuClock | None
+    cpu_clock: clocks.CpuClock | None
     main: bool = False  # the main thread: its record stays for the session
     cpu_tried: bool = False
     runs: list[LoopRun] = field(default_factory=list)  # the loops it runs now, innermost last
     last_poll: float = 0.0  # when the watchdog last looked (or the loop started)
     cpu_at_poll: float | None = None
-    queue: _clocks.RunQueue = field(default_factory=_clocks.RunQueue)  # its wait for a CPU
+    queue: clocks.RunQueue = field(default_factory=clocks.RunQueue)  # its wait for a CPU
     block: Any = None  # the unit of work the watchdog saw running (a _block.Block)
     beat_ran: float = float("-inf")  # when a beat or tick last ran on its loop
     restore_debug: list[Callable[[], None]] = field(default_factory=list)
@@ -67,7 +67,7 @@ class LoopThread:
         """Runs on the loop's thread, so only while no unit holds the loop (or a unit runs the
         loop itself, nested, and so let go of it). Lock-free on purpose: plain attribute
         stores, and a tick must never wait for the watchdog."""
-        now = _clocks.now()
+        now = clocks.now()
         self.beat_ran = now
         block = self.block
         if block is not None:

@@ -21,9 +21,9 @@ from typing import Any
 
 from greenlet import getcurrent
 
-from ._frames import FrameFilter, FrameInfo, RawFrame, raw, resolve
-from ._greenlets import walk
-from ._sa_sessions import place
+from .._base.frames import FrameFilter, FrameInfo, RawFrame, raw, resolve
+from .._base.greenlets import walk
+from .sessions import place
 
 
 @dataclass(frozen=True)

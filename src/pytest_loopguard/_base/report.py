@@ -8,8 +8,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from ._events import BlockEvent, LoopBlockedError, LoopguardError, LoopHangError
-from ._frames import FrameInfo
+from .events import BlockEvent, LoopBlockedError, LoopguardError, LoopHangError
+from .frames import FrameInfo
 
 MAX_STACK_LINES = 10
 

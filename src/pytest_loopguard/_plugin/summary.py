@@ -12,10 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from ._events import BlockEvent
-from ._frames import FrameInfo
-from ._settings import Settings
-from ._verdict import Verdict
+from .._base.events import BlockEvent
+from .._base.frames import FrameInfo
+from .settings import Settings
+from .verdict import Verdict
 
 SCHEMA = "pytest-loopguard/report"
 VERSION = 3
@@ -24,7 +24,7 @@ Block = dict[str, object]
 
 
 def _frame(frame: FrameInfo, root: Path) -> Block:
-    from ._report import relative
+    from .._base.report import relative
 
     file = relative(frame.filename, root)
     return {"file": file, "line": frame.lineno, "function": frame.function, "source": frame.line}
@@ -92,14 +92,14 @@ class Collector:
         """After the run: how many blocks in how many tests, and the worst ten; on GitHub
         Actions, a workflow command for each, which the run's page shows at its line."""
         if self._annotating():
-            from ._report import annotation
+            from .._base.report import annotation
 
             for block in self.blocks:
                 if block["verdict"] != "allowed":
                     terminalreporter.write_line(annotation(block))
         if not self.blocks or self.config.get_verbosity() < -1:
             return  # like pytest's own sections: shown with -q, not with -qq
-        from ._report import summary_lines
+        from .._base.report import summary_lines
 
         counted = [b for b in self.blocks if not b["allowed"]]
         terminalreporter.write_sep("=", "pytest-loopguard: event loop blocks")

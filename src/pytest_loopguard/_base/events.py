@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from ._frames import FrameInfo, Through
+from .frames import FrameInfo, Through
 
 
 @dataclass(frozen=True)

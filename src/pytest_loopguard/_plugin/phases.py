@@ -17,12 +17,14 @@ from pathlib import Path
 
 import pytest
 
-from . import _debugger, _markers, _summary
-from ._events import BlockEvent, LoopBlockedError, LoopguardError, LoopHangError
-from ._guard import LoopGuard
-from ._reprs import failure_repr
-from ._settings import Settings
-from ._verdict import NOTHING, Verdict, judge
+from .._base import debugger as _debugger
+from .._base.events import BlockEvent, LoopBlockedError, LoopguardError, LoopHangError
+from .._core.guard import LoopGuard
+from . import markers as _markers
+from . import summary as _summary
+from .reprs import failure_repr
+from .settings import Settings
+from .verdict import NOTHING, Verdict, judge
 
 ITEM_SETTINGS = pytest.StashKey[Settings]()
 _SECTION = "event loop blocked (pytest-loopguard)"
@@ -156,7 +158,7 @@ class Watch:
         if not mine:
             return NOTHING
         if phase == "call":
-            from ._trio_fixtures import name_fixtures
+            from .trio_fixtures import name_fixtures
 
             mine = name_fixtures(mine, run.item)
         settings = run.settings
@@ -181,7 +183,9 @@ class Watch:
             if verdict.warned:
                 self._warn(run.item, verdict.warned)
             if verdict.failing:
-                from . import _report  # the text layer: imported when there is something to say
+                from .._base import (
+                    report as _report,  # the text layer: imported when there is something to say
+                )
 
                 raise _report.blocked_error(verdict.failing, self.root)
         except Exception:  # ours, or a warning that -W or filterwarnings made an error
@@ -195,7 +199,7 @@ class Watch:
         run.mark = None
 
     def _warn(self, item: pytest.Item, events: tuple[BlockEvent, ...]) -> None:
-        from . import _report
+        from .._base import report as _report
 
         for event in _report.worst_first(events):
             text, filename, lineno = _report.warning_text(event, self.root, item.nodeid)
@@ -204,7 +208,7 @@ class Watch:
     def _decorate(
         self, report: pytest.TestReport, run: TestRun, call: Call, verdict: Verdict
     ) -> None:
-        from . import _report
+        from .._base import report as _report
 
         root, error = self.root, call.excinfo.value if call.excinfo is not None else None
         if verdict.events:
@@ -279,6 +283,6 @@ def _unwrapped(error: BaseException | None) -> BaseException | None:
 
 
 def _known_error_hint(error: BaseException) -> str | None:
-    from ._hints import for_error
+    from .._base.hints import for_error
 
     return for_error(error)

@@ -12,22 +12,30 @@ from __future__ import annotations
 
 import sys
 import threading
+from collections.abc import Callable
 from dataclasses import replace
 from types import FrameType
 from typing import TYPE_CHECKING
 
-from . import _clocks, _debugger, _filetable
-
 # Imported here, on the main thread, never lazily on the watchdog's: an import there can run
+from .._base import clocks, debugger
+from .._base.frames import describe
+from .._base.greenlets import walk
+from . import filetable
+
 # pytest's assertion rewriter concurrently with the main thread's (ast is not safe for that).
-from ._block import Block, for_label
-from ._frames import describe
-from ._greenlets import walk
+from .block import Block, for_label
 
 if TYPE_CHECKING:
-    from ._backend import LoopRun
-    from ._engine import Engine
-    from ._loops import LoopThread
+    from .._backends.base import LoopRun
+    from .._backends.registry import LoopThread, Registry
+    from .._base.events import BlockEvent
+    from .._base.frames import FrameFilter
+    from .ledger import Ledger
+    from .subscriber import Subscribers
+
+    # Interrupts the loop thread ``ident`` stuck in ``unit`` of ``run`` (the hang guard).
+    OnHang = Callable[[int, LoopRun, object, BlockEvent], None]
 
 
 _STALE = 0.005  # a look that took longer than this: the watchdog lost the GIL meanwhile
@@ -41,15 +49,24 @@ class Watchdog:
 
     NAME = "pytest-loopguard-watchdog"
 
-    def __init__(self, engine: Engine) -> None:
-        self._engine = engine
+    def __init__(
+        self,
+        subscribers: Subscribers,
+        registry: Registry,
+        ledger: Ledger,
+        gc_log: clocks.GcLog,
+        user_filter: FrameFilter,
+        on_hang: OnHang,
+    ) -> None:
+        self._subs, self._registry, self._ledger = subscribers, registry, ledger
+        self._gc, self._filter, self._on_hang = gc_log, user_filter, on_hang
         self._cond = threading.Condition(threading.Lock())
         self._life = threading.Lock()  # start, stop and share_files, from any thread
         self._thread: threading.Thread | None = None
         self._stopping = False
         self.sleeping = self.detached = False
         self.wakes = self.looks = self.naps = 0
-        self.queues = _clocks.QueueClocks()
+        self.queues = clocks.QueueClocks()
 
     @property
     def alive(self) -> bool:
@@ -77,7 +94,7 @@ class Watchdog:
     def _start(self, detach: bool) -> None:
         self._stopping, self.sleeping, self.detached = False, False, False
         ready = threading.Event()
-        unshare = _filetable.unshare_call() if detach else None
+        unshare = filetable.unshare_call() if detach else None
         self._thread = threading.Thread(
             target=self._run, args=(unshare, ready), name=self.NAME, daemon=True
         )
@@ -101,12 +118,12 @@ class Watchdog:
                 self._cond.notify_all()
 
     def _wanted(self) -> bool:
-        engine = self._engine
-        return bool(engine.guards) and any(t.runs for t in tuple(engine.registry.threads.values()))
+        threads = tuple(self._registry.threads.values())
+        return bool(self._subs.guards) and any(t.runs for t in threads)
 
-    def _run(self, unshare: _filetable.Unshare | None, ready: threading.Event) -> None:
+    def _run(self, unshare: filetable.Unshare | None, ready: threading.Event) -> None:
         try:
-            self.detached = _filetable.detach(unshare)
+            self.detached = filetable.detach(unshare)
         except Exception:  # whatever went wrong, the watchdog still watches
             self.detached = False
         finally:
@@ -143,24 +160,24 @@ class Watchdog:
         """Seconds until the next look: an interval after the oldest look at a running loop (or
         its start). A wake that C code holding the GIL delayed past that looks at once, still
         inside the unit that held it: Python hands the GIL over at its first bytecode after."""
-        threshold = self._engine.threshold
-        threads = self._engine.registry.running()
+        threshold = self._subs.threshold
+        threads = self._registry.running()
         # Look fast only while some unit has held its loop for half the threshold.
         if any(t.block is not None and t.block.armed for t in threads):
             interval = min(max(threshold / 20, 0.001), 0.005)
         else:
             interval = min(max(threshold / 2, 0.001), 0.05)
-        oldest = min((t.last_poll for t in threads), default=_clocks.now())
-        return interval - (_clocks.now() - oldest)
+        oldest = min((t.last_poll for t in threads), default=clocks.now())
+        return interval - (clocks.now() - oldest)
 
     def _poll(self) -> None:
-        engine = self._engine
-        with engine.ledger.lock:
+        ledger = self._ledger
+        with ledger.lock:
             frames = sys._current_frames()
-            now = _clocks.now()
+            now = clocks.now()
             # What each thread's next block would start after, read with the frames: the
             # watchdog can lose the GIL mid-look, and a loop start meanwhile moves it on.
-            seen = [(t, t.run, frames.get(t.ident), t.opening()) for t in engine.registry.running()]
+            seen = [(t, t.run, frames.get(t.ident), t.opening()) for t in self._registry.running()]
             looked = []
             for thread, run, top, since in seen:
                 if run is not None:
@@ -171,8 +188,8 @@ class Watchdog:
             for thread, run, top in looked:
                 self._after_sampling(thread, run, top, now)
             del frames, seen, looked
-            engine.ledger.flush()
-        self.queues.sweep(engine.registry.threads)
+            ledger.flush()
+        self.queues.sweep(self._registry.threads)
 
     def _look(
         self,
@@ -183,15 +200,15 @@ class Watchdog:
         since: tuple[float, float | None, float],
     ) -> tuple[FrameType | None, float]:
         """Look at ``thread`` as ``top`` showed it at ``now``; returns the (top, now) used."""
-        engine = self._engine
+        ledger = self._ledger
         unit = run.unit(walk(top, thread.greenlet))
-        engine.ledger.settle(thread, unit, now)
+        ledger.settle(thread, unit, now)
         if unit is not None:
-            block: Block = thread.block or engine.ledger.open(
-                thread, run, unit, now, engine.guards, since
+            block: Block = thread.block or ledger.open(
+                thread, run, unit, now, self._subs.guards, since
             )
             self._see(thread, run, block, top, now)
-            later = _clocks.now()
+            later = clocks.now()
             if later - now > _STALE:
                 # The watchdog lost the GIL mid-look (a collection on the loop thread kept it):
                 # if the same unit still runs, it ran all along. Seen again, at the later time.
@@ -205,10 +222,9 @@ class Watchdog:
     def _see(
         self, thread: LoopThread, run: LoopRun, block: Block, top: FrameType | None, now: float
     ) -> None:
-        engine = self._engine
-        if block.seen(now, engine.threshold):
-            start = engine.gc.sampling_top(thread.ident, top)
-            block.observe(run.stack(walk(start, thread.greenlet)), engine.filter)
+        if block.seen(now, self._subs.threshold):
+            start = self._gc.sampling_top(thread.ident, top)
+            block.observe(run.stack(walk(start, thread.greenlet)), self._filter)
         for label in block.labels:
             if label.guard.allowing(thread.ident):
                 label.allowed = True
@@ -217,7 +233,7 @@ class Watchdog:
         self, thread: LoopThread, run: LoopRun, top: FrameType | None, now: float
     ) -> None:
         """What may drop the GIL (a socket write, /proc, source files): after every sample."""
-        thread.cpu_at_poll = cpu = _clocks.read(thread.cpu_clock)
+        thread.cpu_at_poll = cpu = clocks.read(thread.cpu_clock)
         queued = thread.queue.note(self.queues.read(thread, thread.native_id), now)
         block = thread.block
         if block is None:
@@ -229,7 +245,7 @@ class Watchdog:
             block.queued_first, block.queued_since = queued, now
             return  # the rest may drop the GIL: only for a block that may get a verdict
         block.queued_last = queued
-        others = (_clocks.process_cpu(), _clocks.own_cpu(), cpu or 0.0)
+        others = (clocks.process_cpu(), clocks.own_cpu(), cpu or 0.0)
         if block.others is None:
             block.others, block.others_since = others, now
         block.others_last = others
@@ -241,7 +257,7 @@ class Watchdog:
         timeout = min((lb.guard.timeout for lb in block.labels if lb.guard.timeout), default=None)
         late = timeout is not None and now - block.start >= timeout and not block.hung
         # Not at a debugger's prompt: someone is reading it, not stuck.
-        if late and not _debugger.in_frames(walk(top, thread.greenlet)):
+        if late and not debugger.in_frames(walk(top, thread.greenlet)):
             self._interrupt(thread, run, block, top, now)
 
     def _interrupt(
@@ -255,4 +271,4 @@ class Watchdog:
         event = replace(event, stack=tuple(reversed(full)), timed_out=True)
         for label in block.labels:
             label.guard.record(for_label(event, label))
-        self._engine.hang.fire(thread.ident, run, block.unit, for_label(event, block.labels[0]))
+        self._on_hang(thread.ident, run, block.unit, for_label(event, block.labels[0]))

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from ._settings import Settings, parse_threshold
+from .settings import Settings, parse_threshold
 
 
 def _threshold_marker(seconds: Any) -> Any:

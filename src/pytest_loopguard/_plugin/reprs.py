@@ -13,7 +13,7 @@ from typing import Any
 
 from _pytest._code.code import ReprEntry, ReprExceptionInfo, ReprFileLocation, ReprTraceback
 
-from ._report import OURS, Failure
+from .._base.report import OURS, Failure
 
 
 class _Ours(ReprExceptionInfo):

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import pytest
 
-from ._options import DEFAULT_THRESHOLD, MODES
+from .options import DEFAULT_THRESHOLD, MODES
 
 _TRUE = ("1", "true", "yes", "on")
 _FALSE = ("0", "false", "no", "off", "")
@@ -185,7 +185,7 @@ def resolve(config: pytest.Config) -> Settings:
 
 
 def _debugger_of(config: pytest.Config) -> str | None:
-    from ._debugger import attached
+    from .._base.debugger import attached
 
     for flag, name in (("usepdb", "--pdb"), ("trace", "--trace")):
         if config.getoption(flag, False):
@@ -194,7 +194,7 @@ def _debugger_of(config: pytest.Config) -> str | None:
 
 
 def _tracer_of() -> str | None:
-    from ._debugger import tracer
+    from .._base.debugger import tracer
 
     return tracer()
 

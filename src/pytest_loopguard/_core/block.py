@@ -12,11 +12,14 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from types import CodeType
-from typing import Any
+from typing import TYPE_CHECKING
 
-from . import _debugger, _greenlets, _hints
-from ._events import BlockEvent
-from ._frames import FrameFilter, Sample, Stack, first_user, resolve, sample
+from .._base import debugger, greenlets, hints
+from .._base.events import BlockEvent
+from .._base.frames import FrameFilter, Sample, Stack, first_user, resolve, sample
+
+if TYPE_CHECKING:
+    from .subscriber import Subscriber
 
 _IMPORT_MACHINERY = "<frozen importlib._bootstrap"
 _STARVED = 0.02  # a gap between the last look and the beat this long: the looks were kept away
@@ -46,7 +49,7 @@ class Label:
     """What one guard makes of a block: the phase and fixture it began in, and whether the guard
     allowed it (``with guard.allow():`` was active on its thread while it ran)."""
 
-    guard: Any
+    guard: Subscriber
     phase: str | None
     fixture: str | None
     allowed: bool = False
@@ -170,10 +173,10 @@ class Block:
         frame, stack = resolve(found.top), tuple(resolve(f) for f in found.users)
         cpu_time = _cpu_time(self, duration + queued)
         ratio = None if cpu_time is None else cpu_time / duration
-        bridged = _greenlets.bridged(found.through)
-        debugged = any(_debugger.in_stack(e.through) for e in self.examples.values())
-        hint = _hints.classify(frame.line if frame else "", found.callees, ratio, bridged=bridged)
-        hint = _hints.for_backend(hint, self.backend)
+        bridged = greenlets.bridged(found.through)
+        debugged = any(debugger.in_stack(e.through) for e in self.examples.values())
+        hint = hints.classify(frame.line if frame else "", found.callees, ratio, bridged=bridged)
+        hint = hints.for_backend(hint, self.backend)
         return BlockEvent(
             duration=duration,
             threshold=0.0,

@@ -10,8 +10,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from ._events import BlockEvent
-from ._settings import Settings
+from .._base.events import BlockEvent
+from .settings import Settings
 
 
 @dataclass(frozen=True)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 
-from ._events import Hint, LoopguardError
+from .events import Hint, LoopguardError
 
 SLEEP = Hint("sleep", "time.sleep blocks every request", "use `await asyncio.sleep(...)`")
 HTTP = Hint(

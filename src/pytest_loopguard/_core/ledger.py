@@ -12,17 +12,17 @@ import sys
 import threading
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
-from . import _clocks
-from ._block import Block, Label, for_label
-from ._greenlets import walk
+from .._base import clocks
+from .._base.greenlets import walk
+from .block import Block, Label, for_label
 
 if TYPE_CHECKING:
-    from ._backend import LoopRun
-    from ._frames import Stack
-    from ._guard import LoopGuard
-    from ._loops import LoopThread
+    from .._backends.base import LoopRun
+    from .._backends.registry import LoopThread
+    from .._base.frames import FrameFilter, Stack
+    from .subscriber import Subscriber, Subscribers
 
 
 @dataclass(frozen=True)
@@ -40,7 +40,10 @@ class Ended:
 class Ledger:
     """The blocks of every loop thread; ``lock`` guards all of it."""
 
-    def __init__(self, gc_log: _clocks.GcLog) -> None:
+    def __init__(
+        self, gc_log: clocks.GcLog, subscribers: Subscribers, user_filter: FrameFilter
+    ) -> None:
+        self.subscribers, self.user_filter = subscribers, user_filter
         self.lock = threading.Lock()
         self.ended: list[Ended] = []
         self.open_blocks = 0  # blocks open on some thread: when none is, reading events is free
@@ -60,7 +63,7 @@ class Ledger:
         run: LoopRun,
         unit: object,
         now: float,
-        guards: Iterable[LoopGuard],
+        guards: Iterable[Subscriber],
         since: tuple[float, float | None, float] | None = None,
     ) -> Block:
         """Open a block for ``unit``, first seen running on ``thread`` at ``now``, for
@@ -109,19 +112,18 @@ class Ledger:
         unit: object,
         span: tuple[float, float],
         stack: Stack,
-        engine: Any,
     ) -> None:
         """``unit`` held the loop at least over ``span`` in C code that kept the watchdog from
         looking (an explicit collection), at the line ``stack`` ends in: count it as a look."""
         block = thread.block
         if block is None or block.unit is not unit:
             self.settle(thread, unit, span[1])
-            block = self.open(thread, run, unit, span[1], engine.guards)
+            block = self.open(thread, run, unit, span[1], self.subscribers.guards)
         block.start = min(block.start, span[0])
-        if block.seen(span[1], engine.threshold):
-            block.observe(stack, engine.filter)
+        if block.seen(span[1], self.subscribers.threshold):
+            block.observe(stack, self.user_filter)
 
-    def release(self, thread: LoopThread, guard: LoopGuard, now: float, least: float) -> None:
+    def release(self, thread: LoopThread, guard: Subscriber, now: float, least: float) -> None:
         """What ``thread``'s block (running ``least`` seconds or more) did so far counts for
         ``guard``; the rest of it does not."""
         block = thread.block
@@ -134,18 +136,18 @@ class Ledger:
                 self.ended.append(Ended(thread.name, block, took.end, took.queued, (label,)))
         block.labels.remove(label)
 
-    def relabel(self, threads: Iterable[LoopThread], guard: LoopGuard) -> None:
+    def relabel(self, threads: Iterable[LoopThread], guard: Subscriber) -> None:
         """``guard``'s phase changed: its open blocks on ``threads`` count in the new one."""
         for thread in threads:
             for label in thread.block.labels if thread.block is not None else ():
                 if label.guard is guard:
                     label.phase, label.fixture = guard.phase, guard.fixture
 
-    def take_over(self, threads: Iterable[LoopThread], guards: Iterable[LoopGuard]) -> None:
+    def take_over(self, threads: Iterable[LoopThread], guards: Iterable[Subscriber]) -> None:
         """Units already running on ``threads`` began before a new guard: they count only for
         ``guards``, the ones there were."""
         frames = sys._current_frames()
-        now = _clocks.now()
+        now = clocks.now()
         for thread in threads:
             run = thread.run
             unit = run.unit(walk(frames.get(thread.ident), thread.greenlet)) if run else None
@@ -159,7 +161,7 @@ class Ledger:
         been woken by the very callback that ends it, on a server loop's thread."""
         frames = sys._current_frames()
         frames[threading.get_ident()] = sys._getframe()
-        now = _clocks.now()
+        now = clocks.now()
         for thread in threads:
             run = thread.run
             if thread.block is not None:
@@ -177,6 +179,6 @@ class Ledger:
                 label.guard.record(for_label(event, label))
         del self.ended[: len(ended)]
 
-    def _collecting(self, thread: LoopThread) -> _clocks.Collecting:
+    def _collecting(self, thread: LoopThread) -> clocks.Collecting:
         ident, gc_log = thread.ident, self._gc
         return lambda start, end: gc_log.collecting(ident, start, end)

@@ -17,9 +17,9 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.orm.exc import DetachedInstanceError
 
-from ._events import LoopguardError
-from ._frames import FrameFilter
-from ._sa_sessions import at
+from .._base.events import LoopguardError
+from .._base.frames import FrameFilter
+from .sessions import at
 
 
 class DetachedAccessError(DetachedInstanceError, LoopguardError):

@@ -16,8 +16,8 @@ from collections.abc import Callable, Iterable, Sequence
 from types import FrameType, ModuleType
 from typing import Any
 
-from ._backend import frames_until
-from ._frames import Stack
+from .._base.frames import Stack
+from .base import frames_until
 
 
 class NativeRun:

@@ -15,12 +15,12 @@ from dataclasses import replace
 from types import FrameType, TracebackType
 from typing import TYPE_CHECKING, Any
 
-from ._engine import ENGINE
+from .engine import ENGINE
 
 if TYPE_CHECKING:
-    from ._events import BlockEvent
-    from ._frames import Stack
-    from ._strict import CallLog
+    from .._base.events import BlockEvent
+    from .._base.frames import Stack
+    from .strict import CallLog
 
 
 class LoopGuard:
@@ -133,13 +133,16 @@ class LoopGuard:
         """A block of this guard's is over (the engine holds its lock)."""
         self._events.append(event)
 
+    def calls_pending(self) -> bool:
+        return self.calls is not None and bool(self.calls.pending)
+
     def flush_calls(self) -> None:
         calls = self.calls
         if calls is not None and calls.pending:
             calls.drain(self._events)
 
     def unit_here(self, frame: FrameType) -> tuple[str, Stack, str] | None:
-        from ._greenlets import here, walk
+        from .._base.greenlets import here, walk
 
         thread = ENGINE.registry.threads.get(threading.get_ident())
         run = thread.run if thread is not None else None
@@ -204,13 +207,13 @@ class LoopGuard:
 
 
 def _call_log(guard: LoopGuard) -> CallLog:
-    from ._strict import CallLog  # strict mode's module, only for strict guards
+    from .strict import CallLog  # strict mode's module, only for strict guards
 
     return CallLog(guard, ENGINE.filter, ENGINE.ledger.lock)
 
 
 def _hub() -> Any:
-    from ._strict import HUB
+    from .strict import HUB
 
     return HUB
 

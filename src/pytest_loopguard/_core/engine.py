@@ -17,24 +17,22 @@ import threading
 from types import FrameType
 from typing import TYPE_CHECKING
 
-from . import _clocks
-from ._block import Label
-from ._frames import FrameFilter
-from ._greenlets import trace as trace_greenlets
-from ._greenlets import untrace as untrace_greenlets
-from ._ledger import Ledger
-from ._loops import LoopThread, Registry
-from ._watchdog import Watchdog
+from .._backends.registry import Registry
+from .._base import clocks
+from .._base.frames import FrameFilter
+from .block import Label
+from .ledger import Ledger
+from .loops import LoopEvents
+from .subscriber import Subscriber, Subscribers
+from .watchdog import Watchdog
 
 if TYPE_CHECKING:
-    from ._backend import LoopRun
-    from ._guard import LoopGuard
-    from ._hang import HangInterrupt
+    from .._backends.base import LoopRun
+    from .._base.events import BlockEvent
+    from .hang import HangInterrupt
 
 # Imported on first use, not with the plugin: a sync suite never opens a block, and strict mode
 # and the hang guard are off unless asked for (every module imported is start-up time).
-
-_DEFAULT_THRESHOLD = 0.1
 
 
 class Engine:
@@ -43,15 +41,25 @@ class Engine:
     def __init__(self) -> None:
         self._lease_lock = threading.Lock()
         self._leases = 0
-        self.guards: tuple[LoopGuard, ...] = ()
-        self.threshold = _DEFAULT_THRESHOLD  # the smallest of the guards': paces the watchdog
-        self._debug: float | None = None  # a guard wants asyncio debug mode, at this threshold
+        self.subscribers = Subscribers()
         self.filter = FrameFilter()
-        self.gc = _clocks.GcLog()
+        self.gc = clocks.GcLog()
         self._hang: HangInterrupt | None = None
-        self.registry = Registry(self)
-        self.ledger = Ledger(self.gc)
-        self.watchdog = Watchdog(self)
+        self.ledger = Ledger(self.gc, self.subscribers, self.filter)
+        self.loops = LoopEvents(self.subscribers, self.ledger)
+        self.registry = Registry(self.loops)
+        self.watchdog = self.loops.watchdog = Watchdog(
+            self.subscribers, self.registry, self.ledger, self.gc, self.filter, self._hung
+        )
+
+    @property
+    def guards(self) -> tuple[Subscriber, ...]:
+        return self.subscribers.guards
+
+    @property
+    def threshold(self) -> float:
+        """The smallest of the guards' thresholds: paces the watchdog."""
+        return self.subscribers.threshold
 
     # -- leases: the machinery's lifetime ------------------------------------------------
 
@@ -61,7 +69,7 @@ class Engine:
                 self._install()
             self._leases += 1
             if strict:
-                from ._strict import HUB
+                from .strict import HUB
 
                 HUB.acquire()
             if hang:
@@ -72,7 +80,7 @@ class Engine:
             if hang:
                 self.hang.release()
             if strict:
-                from ._strict import HUB
+                from .strict import HUB
 
                 HUB.release()
             self._leases -= 1
@@ -86,7 +94,7 @@ class Engine:
     @property
     def hang(self) -> HangInterrupt:
         if self._hang is None:
-            from ._hang import HangInterrupt
+            from .hang import HangInterrupt
 
             self._hang = HangInterrupt()
         return self._hang
@@ -99,7 +107,7 @@ class Engine:
             left.append("the watchdog thread")
         if self.gc.on_gc in gc.callbacks:
             left.append("the gc callback")
-        strict = sys.modules.get(f"{__package__}._strict")
+        strict = sys.modules.get(f"{__package__}.strict")
         if strict is not None and (strict.HUB.patched or strict.HUB.recorders):
             left.append("strict mode's wrappers or recorders")
         if self._hang is not None and self._hang.installed:
@@ -126,12 +134,11 @@ class Engine:
 
     # -- guards ---------------------------------------------------------------------------
 
-    def subscribe(self, guard: LoopGuard) -> None:
+    def subscribe(self, guard: Subscriber) -> None:
         """From now on, blocks that begin are (also) ``guard``'s."""
         if not self.registry.active and asyncio._get_running_loop() is None:
             # No loop runs: nothing to take over, no watchdog to wake (a sync test's case).
-            self.guards = (*self.guards, guard)
-            self._tune()
+            self._subscribed(guard)
             return
         running = asyncio._get_running_loop()
         if running is not None and isinstance(running, asyncio.BaseEventLoop):
@@ -141,54 +148,43 @@ class Engine:
                 if not self.guards:
                     self._wake_threads()
                 self._take_over(guard)
-            self.guards = (*self.guards, guard)
-            self._tune()
+            self._subscribed(guard)
         if self.registry.active and self.watchdog.sleeping:
             self.watchdog.wake()
 
-    def unsubscribe(self, guard: LoopGuard) -> None:
+    def unsubscribe(self, guard: Subscriber) -> None:
         """``guard`` is done: what it saw so far of an ongoing block counts up to now."""
         if guard.quiet():  # no block open, nothing to record: a switch
-            self.guards = () if self.guards == (guard,) else self._without(guard)
-            self._tune()
+            self._unsubscribed(guard)
             return
         ledger = self.ledger
         with ledger.lock:
             if ledger.busy():
                 threads = tuple(self.registry.threads.values())
                 ledger.settle_all(threads)
-                now = _clocks.now()
+                now = clocks.now()
                 for thread in threads:
                     ledger.release(thread, guard, now, 0.0)
                 ledger.flush()
             guard.flush_calls()
-            self.guards = self._without(guard)
-            self._tune()
+            self._unsubscribed(guard)
 
-    def _without(self, guard: LoopGuard) -> tuple[LoopGuard, ...]:
-        return tuple(g for g in self.guards if g is not guard)
+    def _subscribed(self, guard: Subscriber) -> None:
+        self.subscribers.add(guard)
+        self.gc.watching = True
 
-    def _tune(self) -> None:
-        guards = self.guards
-        if len(guards) == 1:  # the plugin's case: one test at a time
-            self.threshold = guards[0].threshold
-            self._debug = self.threshold if guards[0].debug else None
-        elif not guards:  # and between two tests
-            self.threshold, self._debug = _DEFAULT_THRESHOLD, None
-        else:
-            self.threshold = min([g.threshold for g in guards], default=_DEFAULT_THRESHOLD)
-            debug = [g.threshold for g in guards if g.debug]
-            self._debug = min(debug) if debug else None
-        self.gc.watching = bool(guards)
+    def _unsubscribed(self, guard: Subscriber) -> None:
+        self.subscribers.remove(guard)
+        self.gc.watching = bool(self.subscribers.guards)
 
     def _wake_threads(self) -> None:
         # The watchdog slept while no guard was active: its last looks are stale, and a start
         # estimated from them would stretch the next block back into the idle time.
-        now = _clocks.now()
+        now = clocks.now()
         for thread in self.registry.running():
-            thread.last_poll, thread.cpu_at_poll = now, _clocks.read(thread.cpu_clock)
+            thread.last_poll, thread.cpu_at_poll = now, clocks.read(thread.cpu_clock)
 
-    def _take_over(self, guard: LoopGuard) -> None:
+    def _take_over(self, guard: Subscriber) -> None:
         """Units running now on other threads' loops began before ``guard``: not its. One
         running on this thread (a guard entered inside a callback) is."""
         here = threading.get_ident()
@@ -199,7 +195,7 @@ class Engine:
         if mine is not None and mine.block is not None:
             mine.block.labels.append(Label(guard, guard.phase, guard.fixture))
 
-    def relabel(self, guard: LoopGuard) -> None:
+    def relabel(self, guard: Subscriber) -> None:
         """``guard`` moved to a new phase: a unit on another thread's loop that began late in
         the last one and still runs counts in the new one (the last one has had its verdict)."""
         here = threading.get_ident()
@@ -207,7 +203,7 @@ class Engine:
             others = [t for t in self.registry.running() if t.ident != here]
             self.ledger.relabel(others, guard)
 
-    def close_ongoing(self, guard: LoopGuard) -> None:
+    def close_ongoing(self, guard: Subscriber) -> None:
         """End of a phase: a unit still holding another thread's loop past ``guard``'s
         threshold is recorded now, in this phase; the rest of it is not ``guard``'s."""
         if not self.ledger.busy():
@@ -216,12 +212,12 @@ class Engine:
         with ledger.lock:
             threads = tuple(self.registry.threads.values())
             ledger.settle_all(threads)
-            now = _clocks.now()
+            now = clocks.now()
             for thread in threads:
                 if thread.ident != here:
                     ledger.release(thread, guard, now, guard.threshold)
 
-    def events_of(self, guard: LoopGuard) -> None:
+    def events_of(self, guard: Subscriber) -> None:
         """Bring ``guard``'s events up to date: settle every open block, make pending events."""
         ledger = self.ledger
         if ledger.busy():
@@ -230,45 +226,9 @@ class Engine:
                 ledger.flush()
         # Strict mode's calls are made events only when read: a call counted after that would
         # be missing from its event's count of times.
-        if guard.calls is not None and guard.calls.pending:
+        if guard.calls_pending():
             with ledger.lock:
                 guard.flush_calls()
-
-    # -- the registry tells: on the loop's own thread --------------------------------------
-
-    def loop_started(self, thread: LoopThread, run: LoopRun) -> None:
-        # Runs at every loop start (pytest-asyncio starts a few a test): kept to a few lines.
-        if len(thread.runs) == 1:  # not a nested run: the thread was not in a unit till now
-            clock = thread.cpu_clock
-            if clock is None and not thread.cpu_tried:
-                thread.cpu_tried = True
-                clock = thread.cpu_clock = _clocks.cpu_clock(thread.ident)
-            thread.last_poll = now = _clocks.now()
-            thread.cpu_at_poll = None if clock is None else clock()  # its own thread: alive
-            thread.queue.refresh_at_start(thread.native_id, now)
-            thread.tracer = trace_greenlets(thread)
-        if self._debug is not None:
-            restore = run.debug(self._debug)
-            if restore is not None:
-                thread.restore_debug.append(restore)
-        if self.guards and self.watchdog.sleeping:
-            self.watchdog.wake()
-
-    def loop_stopping(self, thread: LoopThread, run: LoopRun) -> None:
-        if thread.block is not None:
-            with self.ledger.lock:
-                self.ledger.close(thread, _clocks.now())
-        if len(thread.runs) == 1:
-            untrace_greenlets(thread.tracer)
-            thread.tracer = thread.greenlet = None
-            while thread.restore_debug:
-                thread.restore_debug.pop()()
-
-    def thread_done(self, thread: LoopThread) -> None:
-        # A block opened on our own frames as the last loop stopped (no unit of the loop's).
-        if thread.block is not None:
-            with self.ledger.lock:
-                self.ledger.close(thread, _clocks.now())
 
     def _explicit_collection(self, start: float, end: float, caller: FrameType) -> None:
         """On the loop thread, right after a ``gc.collect()``: a long one is a block at its
@@ -278,21 +238,16 @@ class Engine:
         run = thread.run if thread is not None else None
         if thread is None or run is None or not self.guards or end - start < self.threshold / 2:
             return
-        from ._greenlets import here, walk
+        from .._base.greenlets import here, walk
 
         frames = list(walk(caller, here()))
         unit = run.unit(frames)
         if unit is not None:
             with self.ledger.lock:
-                self.ledger.held(thread, run, unit, (start, end), run.stack(frames), self)
+                self.ledger.held(thread, run, unit, (start, end), run.stack(frames))
 
-    def trio_run_starting(self) -> None:
-        # Trio's runs are posted to through their wake-up socket (``TrioRun.post``).
-        if self.watchdog.detached:
-            self.watchdog.share_files()
-
-    def tick_period(self) -> float:
-        return min(max(self.threshold / 10, 0.001), 0.01)
+    def _hung(self, ident: int, run: LoopRun, unit: object, event: BlockEvent) -> None:
+        self.hang.fire(ident, run, unit, event)
 
 
 ENGINE = Engine()

@@ -19,8 +19,8 @@ from contextlib import suppress
 from types import CodeType, FrameType, ModuleType
 from typing import Any, Protocol
 
-from ._backend import LoopRun, frames_until
-from ._frames import Stack
+from .._base.frames import Stack
+from .base import LoopRun, frames_until
 
 
 class Entry(Protocol):

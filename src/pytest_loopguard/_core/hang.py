@@ -13,10 +13,10 @@ import threading
 from types import FrameType
 from typing import Any
 
-from ._backend import LoopRun
-from ._events import BlockEvent, LoopHangError
-from ._greenlets import here, walk
-from ._report import render
+from .._backends.base import LoopRun
+from .._base.events import BlockEvent, LoopHangError
+from .._base.greenlets import here, walk
+from .._base.report import render
 
 SIGNAL = getattr(signal, "SIGUSR2", None)
 

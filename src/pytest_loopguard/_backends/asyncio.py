@@ -12,9 +12,9 @@ from collections.abc import Callable, Iterable
 from types import CodeType, FrameType
 from typing import Any
 
-from . import _clocks
-from ._backend import frames_until
-from ._frames import Stack
+from .._base import clocks
+from .._base.frames import Stack
+from .base import frames_until
 
 RUN_CODE: CodeType = asyncio.events.Handle._run.__code__
 
@@ -88,4 +88,4 @@ def _batch_start(run_frame: FrameType) -> tuple[float | None, bool]:
         return None, False
     # ``i`` counts the batch's callbacks in the stdlib loop (3.10-3.13); a loop that keeps
     # no count (nest_asyncio) is taken as before: from the batch's start.
-    return end_time + _clocks.loop_time_offset(), not isinstance(index, int) or index == 0
+    return end_time + clocks.loop_time_offset(), not isinstance(index, int) or index == 0
