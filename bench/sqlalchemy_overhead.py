@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import statistics
 import sys
+import tempfile
 import time
 
 from sqlalchemy import ForeignKey, String, select
@@ -86,8 +87,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--queries", type=int, default=2000)
-    parser.add_argument("--url", default="sqlite+aiosqlite:///bench-loopguard.db")
+    parser.add_argument("--url", help="a database URL (default: SQLite in a temporary directory)")
     args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="loopguard-bench-") as tmp:
+        args.url = args.url or f"sqlite+aiosqlite:///{tmp}/bench.db"
+        run(args)
+
+
+def run(args: argparse.Namespace) -> None:
     factory = asyncio.run(setup(args.url))
     times: dict[str, list[float]] = {"off": [], "on": []}
     for r in range(args.rounds):

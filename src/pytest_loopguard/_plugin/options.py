@@ -1,5 +1,6 @@
 """Every setting's names, help and markers: one table, read by ``pytest --help``, the ini
-and the README, so the surfaces cannot drift apart."""
+and the docs' settings table (``markdown_table``; a test checks the page holds it), so the
+surfaces cannot drift apart."""
 
 from __future__ import annotations
 
@@ -81,14 +82,25 @@ class Option:
     kind: str
     default: object
     help: str
+    shown_default: str = "off"  # the default as the docs say it
+    marker: str | None = None  # the marker that sets or overrides it for one test
 
 
 OPTIONS = (
     Option(
-        "loop_block_threshold", "--loop-block-threshold", "SECONDS", "string", "", THRESHOLD_HELP
+        "loop_block_threshold",
+        "--loop-block-threshold",
+        "SECONDS",
+        "string",
+        "",
+        THRESHOLD_HELP,
+        str(DEFAULT_THRESHOLD),
+        "@pytest.mark.loop_block_threshold(0.5)",
     ),
     Option("loop_debug", "--loop-debug", None, "string", "false", DEBUG_HELP),
-    Option("loop_block_mode", "--loop-block-mode", "fail|warn", "string", "fail", MODE_HELP),
+    Option(
+        "loop_block_mode", "--loop-block-mode", "fail|warn", "string", "fail", MODE_HELP, "fail"
+    ),
     Option("loop_block_report", "--loop-block-report", "PATH", "string", "", REPORT_HELP),
     Option("loop_block_timeout", "--loop-block-timeout", "SECONDS", "string", "", TIMEOUT_HELP),
     Option("loop_block_strict", "--loop-block-strict", None, "string", "false", STRICT_HELP),
@@ -99,9 +111,67 @@ OPTIONS = (
         "string",
         "auto",
         ANNOTATIONS_HELP,
+        "auto",
     ),
-    Option("loop_block_allow", None, None, "linelist", [], ALLOW_HELP),
-    Option("loop_guard_sqlalchemy", None, None, "string", "false", SQLALCHEMY_HELP),
-    Option("loop_sqlalchemy_nplusone", None, None, "string", "10", NPLUSONE_HELP),
+    Option(
+        "loop_block_allow",
+        None,
+        None,
+        "linelist",
+        [],
+        ALLOW_HELP,
+        "none",
+        "@pytest.mark.allow_blocking(reason=...)",
+    ),
+    Option(
+        "loop_guard_sqlalchemy",
+        None,
+        None,
+        "string",
+        "false",
+        SQLALCHEMY_HELP,
+        "off",
+        "@pytest.mark.allow_lazy_loads (opts out)",
+    ),
+    Option(
+        "loop_sqlalchemy_nplusone",
+        None,
+        None,
+        "string",
+        "10",
+        NPLUSONE_HELP,
+        "10",
+        "@pytest.mark.allow_nplusone (opts out)",
+    ),
 )
 MARKERS = (THRESHOLD_MARKER, ALLOW_MARKER, LAZY_MARKER, NPLUSONE_MARKER)
+
+
+def markdown_table() -> str:
+    """The settings table of the docs' configuration page, made from ``OPTIONS``."""
+    rows = ["| ini | command line | marker | default | what it does |", "|---|---|---|---|---|"]
+    for o in OPTIONS:
+        cells = (f"`{o.ini}`", _flag(o), _code(o.marker), f"`{o.shown_default}`", o.help)
+        rows.append("| " + " | ".join(_cell(c) for c in cells) + " |")
+    return "\n".join(rows) + "\n"
+
+
+def _cell(text: str) -> str:
+    # Markdown: a pipe ends a cell and a star starts emphasis, even in quoted values.
+    return text.replace("|", "\\|").replace("*", "\\*")
+
+
+def _flag(option: Option) -> str:
+    if option.flag is None:
+        return "—"
+    if option.metavar is None:
+        return f"`{option.flag}` / `--no-{option.flag[2:]}`"
+    # A pipe cannot stand in a table's code span: one span per choice.
+    return " / ".join(f"`{option.flag}={choice}`" for choice in option.metavar.split("|"))
+
+
+def _code(text: str | None) -> str:
+    if text is None:
+        return "—"
+    code, _, rest = text.partition(" (")
+    return f"`{code}`" + (f" ({rest}" if rest else "")
