@@ -73,6 +73,68 @@ def run(
     return pytester.runpytest(*ASYNCIO, *args)
 
 
+# Appended to a clean case's test file: an allowed block in the same inner run proves the watcher
+# was live there, so "nothing reported" cannot come from a watcher that never ran. A sync test
+# running its own loop works under every runner (pytest-asyncio, anyio, pytest-trio, none).
+CANARY = """
+
+import asyncio as _lg_asyncio
+import time as _lg_time
+
+import pytest as _lg_pytest
+
+
+@_lg_pytest.mark.allow_blocking(reason="the watcher was live in this run")
+def test_zz_watcher_was_live():
+    async def hold():
+        _lg_time.sleep(0.25)
+
+    _lg_asyncio.run(hold())
+"""
+
+
+# The same for the SQLAlchemy guards (with the inner conftest of ``sa_project``): a lazy load the
+# guards must turn into LazyLoadError, and an N+1 of three the counter must report (at a count
+# of 3 or less: the tests that use it set loop_sqlalchemy_nplusone lower than the default).
+SA_CANARY = """
+
+import pytest as _lg_pytest
+from pytest_loopguard.sqlalchemy import LazyLoadError as _LgLazyLoadError
+
+
+@_lg_pytest.mark.xfail(raises=_LgLazyLoadError, strict=True, reason="the guards were live")
+async def test_zz_guards_were_live(sessionmaker, loopguard_sqlalchemy):
+    from conftest import User as _LgUser
+
+    async with sessionmaker() as session:
+        (await session.get(_LgUser, 1)).posts
+"""
+NPLUSONE_CANARY = """
+
+
+async def test_zz_counting_was_live(sessionmaker, loopguard_sqlalchemy):
+    from conftest import Post as _LgPost
+
+    async with sessionmaker() as session:
+        for i in (1, 2, 1, 2):
+            session.expunge_all()
+            await session.get(_LgPost, i)
+"""
+
+
+def assert_guarded(result: pytest.RunResult, passed: int) -> None:
+    """The clean tests passed, beside the SQLAlchemy canary the guards caught."""
+    result.assert_outcomes(passed=passed, xfailed=1)
+    result.stdout.no_fnmatch_line("*LoopBlockedError*")
+
+
+def assert_clean(result: pytest.RunResult, passed: int) -> None:
+    """The clean tests passed with no block, beside the canary's one allowed block."""
+    result.assert_outcomes(passed=passed + 1)
+    result.stdout.fnmatch_lines(["0 block(s) in 0 test(s); 1 allowed block(s) not counted"])
+    result.stdout.no_fnmatch_line("*LoopBlockedError*")
+
+
 def blocked(where: str, *, seconds: str = "*", threshold: str = "0.10") -> str:
     """The first line of a block's failure, as a pattern for fnmatch_lines."""
     return (

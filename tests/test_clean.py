@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import textwrap
+
 import pytest
 
-from conftest import run
+from conftest import CANARY, assert_clean, run
 from helpers_src import SLOW_SERVER
 
 CLEAN = {
@@ -61,12 +63,13 @@ def busy(seconds):
 def test_clean_code_passes(pytester: pytest.Pytester, case: str) -> None:
     pytester.makeconftest(SLOW_SERVER)
     pytester.makepyfile(
-        test_inner_clean=PRELUDE + f"\n\nasync def test_clean(slow_url):\n    {CLEAN[case]}\n"
+        test_inner_clean=PRELUDE
+        + f"\n\nasync def test_clean(slow_url):\n    {CLEAN[case]}\n"
+        + CANARY
     )
     # A process pool must unpickle its worker in a fresh interpreter: run pytest in one too.
     result = run(pytester, subprocess=case == "process_executor")
-    result.assert_outcomes(passed=1)
-    result.stdout.no_fnmatch_line("*LoopBlockedError*")
+    assert_clean(result, passed=1)
 
 
 def test_busy_loop_under_loop_debug_is_not_a_block(pytester: pytest.Pytester) -> None:
@@ -74,37 +77,43 @@ def test_busy_loop_under_loop_debug_is_not_a_block(pytester: pytest.Pytester) ->
     the GIL (the loop thread drops it around every select() and takes it straight back), which
     must never be mistaken for a block."""
     pytester.makepyfile(
-        """
-        import asyncio, pytest
+        textwrap.dedent(
+            """
+            import asyncio, pytest
 
-        @pytest.mark.parametrize("i", range(5))
-        async def test_busy(i):
-            for _ in range(3000):
-                await asyncio.sleep(0)
-        """
+            @pytest.mark.parametrize("i", range(5))
+            async def test_busy(i):
+                for _ in range(3000):
+                    await asyncio.sleep(0)
+    """
+        )
+        + CANARY
     )
     result = run(pytester, "--loop-debug")
-    result.assert_outcomes(passed=5)
+    assert_clean(result, passed=5)
 
 
 def test_sync_tests_are_not_watched(pytester: pytest.Pytester) -> None:
     pytester.makepyfile(
-        """
-        import time
-        from pytest_loopguard._core.engine import ENGINE
+        textwrap.dedent(
+            """
+            import time
+            from pytest_loopguard._core.engine import ENGINE
 
-        def test_sync_sleeps():
-            time.sleep(0.3)
+            def test_sync_sleeps():
+                time.sleep(0.3)
 
-        def test_the_watchdog_sleeps_through_sync_tests():
-            looks = ENGINE.watchdog.looks
-            time.sleep(0.3)
-            assert ENGINE.watchdog.sleeping
-            assert ENGINE.watchdog.looks == looks
-        """
+            def test_the_watchdog_sleeps_through_sync_tests():
+                looks = ENGINE.watchdog.looks
+                time.sleep(0.3)
+                assert ENGINE.watchdog.sleeping
+                assert ENGINE.watchdog.looks == looks
+    """
+        )
+        + CANARY
     )
     result = run(pytester)
-    result.assert_outcomes(passed=2)
+    assert_clean(result, passed=2)
 
 
 def test_first_import_on_the_loop_is_not_a_block(pytester: pytest.Pytester) -> None:

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import textwrap
+
 import pytest
 
-from conftest import run_sa, write_ini
+from conftest import CANARY, SA_CANARY, assert_clean, assert_guarded, run_sa, write_ini
 
 pytest.importorskip("sqlalchemy")
 
@@ -177,7 +179,8 @@ def test_sync_engine_on_the_loop(pytester: pytest.Pytester, sa_project: str) -> 
 
 def test_legitimate_paths_never_trigger(pytester: pytest.Pytester, sa_project: str) -> None:
     pytester.makepyfile(
-        """
+        textwrap.dedent(
+            """
         from sqlalchemy import create_engine, select, text
         from sqlalchemy.orm import Session, selectinload
         from conftest import Post, User, sync_url
@@ -207,9 +210,11 @@ def test_legitimate_paths_never_trigger(pytester: pytest.Pytester, sa_project: s
                 assert len(user.posts) == 2
             engine.dispose()
         """
+        )
+        + SA_CANARY
     )
     result = run_sa(pytester)
-    result.assert_outcomes(passed=2)
+    assert_guarded(result, passed=2)
 
 
 def test_ini_turns_the_guard_on_for_every_test_and_the_marker_opts_out(
@@ -345,15 +350,29 @@ def test_asyncpg_and_aiosqlite_io_is_not_a_block(
     pytester: pytest.Pytester, sa_project: str
 ) -> None:
     pytester.makepyfile(
-        """
+        textwrap.dedent(
+            """
+        import time
+
         from sqlalchemy import text
         from conftest import DB_URL
 
+        # A query that keeps the database busy for about 0.3 s, while the loop only waits: on
+        # aiosqlite it runs in the driver's thread, on PostgreSQL in the server.
+        SLOW_SQLITE = (
+            "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c WHERE x < 2000000) "
+            "SELECT count(*) FROM c"
+        )
+
         async def test_slow_async_query(engine):
-            query = "select pg_sleep(0.3)" if "postgresql" in DB_URL else "select 1"
+            query = "select pg_sleep(0.3)" if "postgresql" in DB_URL else SLOW_SQLITE
             async with engine.connect() as conn:
+                start = time.perf_counter()
                 await conn.execute(text(query))
+                assert time.perf_counter() - start > 0.15  # it was slow, and nobody blocked
         """
+        )
+        + CANARY
     )
     result = run_sa(pytester)
-    result.assert_outcomes(passed=1)
+    assert_clean(result, passed=1)

@@ -4,11 +4,22 @@ On aiosqlite and on a real PostgreSQL through asyncpg (the ``db_url`` fixture)."
 
 from __future__ import annotations
 
+import textwrap
+
 import pytest
 
-from conftest import assert_usage_error, run_sa, write_ini
+from conftest import NPLUSONE_CANARY, assert_usage_error, run_sa, write_ini
 
 pytest.importorskip("sqlalchemy.ext.asyncio")
+
+
+def assert_counted_only_the_canary(result: pytest.RunResult, passed: int) -> None:
+    """The clean tests passed and sent no N+1; the canary beside them did, so counting was on."""
+    result.assert_outcomes(passed=passed + 1, warnings=1)
+    result.stdout.fnmatch_lines(
+        ["*N+1 queries: the same SELECT ran 4 times from *test_zz_counting_was_live*"]
+    )
+
 
 LOOPS = """
 import pytest
@@ -116,12 +127,12 @@ def test_nplusone_fails_under_strict(pytester: pytest.Pytester, sa_project: str)
 def test_never_flagged_and_the_marker(pytester: pytest.Pytester, sa_project: str) -> None:
     """selectinload's batches (one per 500 parents), identity-map gets, different statements,
     a flush of many rows, and a test marked allow_nplusone — at a threshold of 2."""
-    pytester.makepyfile(test_clean=LOOPS.split("\n\nasync def test_awaitable")[0] + CLEAN)
+    clean = LOOPS.split("\n\nasync def test_awaitable")[0] + CLEAN + NPLUSONE_CANARY
+    pytester.makepyfile(test_clean=clean)
     extra = "loop_guard_sqlalchemy = true\nloop_sqlalchemy_nplusone = 2"
     write_ini(pytester, "auto", extra)
     result = run_sa(pytester)
-    result.assert_outcomes(passed=5)
-    result.stdout.no_fnmatch_line("*N+1*")
+    assert_counted_only_the_canary(result, passed=5)
 
 
 def test_off_switch_and_bad_values(pytester: pytest.Pytester, sa_project: str) -> None:
@@ -145,7 +156,8 @@ def test_schema_checks_and_core_work_are_not_counted(
     """`metadata.create_all` checks each table with the same SELECT from one line (seen on
     PostgreSQL): Core work on a connection, never an N+1, whatever the number of tables."""
     pytester.makepyfile(
-        """
+        textwrap.dedent(
+            """
         from sqlalchemy import MetaData, Table, Column, Integer, text
 
         async def test_many_tables(engine):
@@ -158,8 +170,9 @@ def test_schema_checks_and_core_work_are_not_counted(
                 for i in range(12):
                     await conn.execute(text("select 1 where 1 = :i"), {"i": i})
         """
+        )
+        + NPLUSONE_CANARY
     )
     write_ini(pytester, "auto", "loop_guard_sqlalchemy = true\nloop_sqlalchemy_nplusone = 2")
     result = run_sa(pytester)
-    result.assert_outcomes(passed=1)
-    result.stdout.no_fnmatch_line("*N+1*")
+    assert_counted_only_the_canary(result, passed=1)

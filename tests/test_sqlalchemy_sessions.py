@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from conftest import run_sa
+from conftest import SA_CANARY, assert_guarded, run_sa
 
 pytest.importorskip("sqlalchemy.ext.asyncio")
 
@@ -120,10 +120,11 @@ async def test_other_task_between_operations(sessionmaker):
         await load_users(session)
         assert len(await task) == 2
 """
+        + SA_CANARY
     )
     _ini(pytester)
     result = run_sa(pytester)
-    result.assert_outcomes(passed=3)
+    assert_guarded(result, passed=3)
 
 
 def test_swallowed_concurrent_use_fails_at_teardown(
@@ -275,10 +276,11 @@ async def test_closed_explicitly(sessionmaker, engine):
     async with engine.connect() as conn:
         await conn.execute(text("select 1"))
 """
+        + SA_CANARY
     )
     _ini(pytester)
     result = run_sa(pytester)
-    result.assert_outcomes(passed=4)
+    assert_guarded(result, passed=4)
 
 
 def test_the_guard_leaves_nothing_behind() -> None:

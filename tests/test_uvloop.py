@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import sys
+import textwrap
 
 import pytest
 
-from conftest import assert_blocked, blocked, run
+from conftest import CANARY, assert_blocked, assert_clean, blocked, run
 from helpers_src import SLOW_SERVER
 from test_clean import CLEAN
 from test_clean import PRELUDE as CLEAN_PRELUDE
@@ -46,10 +47,9 @@ def test_blocking_kind_on_uvloop(pytester: pytest.Pytester, kind: str) -> None:
 def test_clean_code_on_uvloop(pytester: pytest.Pytester, case: str) -> None:
     pytester.makeconftest(UVLOOP_CONFTEST)
     body = f"\n\nasync def test_clean(slow_url):\n{ON_UVLOOP}    {CLEAN[case]}\n"
-    pytester.makepyfile(test_inner_clean=CLEAN_PRELUDE + body)
+    pytester.makepyfile(test_inner_clean=CLEAN_PRELUDE + body + CANARY)
     result = run(pytester)
-    result.assert_outcomes(passed=1)
-    result.stdout.no_fnmatch_line("*LoopBlockedError*")
+    assert_clean(result, passed=1)
 
 
 def test_busy_uvloop_tasks_are_not_one_long_block(pytester: pytest.Pytester) -> None:
@@ -57,28 +57,31 @@ def test_busy_uvloop_tasks_are_not_one_long_block(pytester: pytest.Pytester) -> 
     must not read as one callback, even when the busy loop keeps the watchdog from the GIL."""
     pytester.makeconftest(UVLOOP_CONFTEST)
     pytester.makepyfile(
-        """
-        import asyncio
+        textwrap.dedent(
+            """
+            import asyncio
 
-        def spin(n):
-            x = 0
-            for i in range(n):
-                x += i
+            def spin(n):
+                x = 0
+                for i in range(n):
+                    x += i
 
-        async def worker():
-            for _ in range(150):
-                spin(20_000)  # a couple of milliseconds of CPU per step
-                await asyncio.sleep(0)
+            async def worker():
+                for _ in range(150):
+                    spin(20_000)  # a couple of milliseconds of CPU per step
+                    await asyncio.sleep(0)
 
-        async def test_busy():
-            await asyncio.gather(*(worker() for _ in range(3)))
+            async def test_busy():
+                await asyncio.gather(*(worker() for _ in range(3)))
 
-        async def test_one_task_busy():
-            await worker()
-        """
+            async def test_one_task_busy():
+                await worker()
+    """
+        )
+        + CANARY
     )
     result = run(pytester)
-    result.assert_outcomes(passed=2)
+    assert_clean(result, passed=2)
 
 
 def test_fixture_and_gil_holding_block_on_uvloop(pytester: pytest.Pytester) -> None:

@@ -7,7 +7,6 @@ import pytest
 from pytest_loopguard._core.block import Block, Measured, _cpu_time, _run_queue_wait
 
 
-
 def _block(start: float = 10.0, **fields: object) -> Block:
     block = Block(
         unit=object(),

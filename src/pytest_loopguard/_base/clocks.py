@@ -47,7 +47,7 @@ _SCHEDSTAT = 96  # bytes: three decimal counters
 
 
 @cache
-def _gil_holding_pread() -> Callable[[int, int, int], bytes] | None:
+def gil_holding_pread() -> Callable[[int, int, int], bytes] | None:
     """libc's pread, called without letting go of the GIL; None where ctypes cannot.
 
     ``os.pread`` lets go of it, and the watchdog then waits for a busy loop thread to hand it
@@ -102,7 +102,7 @@ class RunQueueClock:
     def read(self, *, keep_gil: bool = True) -> float | None:
         """``keep_gil=False`` on the loop's own thread: it saves importing ctypes in a run
         whose loops are never long enough for the watchdog to look."""
-        pread = (_gil_holding_pread() or os.pread) if keep_gil else os.pread
+        pread = (gil_holding_pread() or os.pread) if keep_gil else os.pread
         try:
             return int(pread(self._fd, _SCHEDSTAT, 0).split()[1]) / 1e9
         except (OSError, ValueError, IndexError):

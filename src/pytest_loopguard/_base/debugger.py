@@ -61,5 +61,5 @@ def tracer() -> str | None:
     for tool in range(6) if monitoring is not None else ():
         name = monitoring.get_tool(tool)  # type: ignore[union-attr]
         if name and tool != monitoring.DEBUGGER_ID and "profil" not in str(name):  # type: ignore[union-attr]
-            return str(name)
+            return str(name).split(".")[0]  # coverage registers as "coverage.py" (3.14)
     return None

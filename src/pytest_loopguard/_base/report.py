@@ -177,8 +177,8 @@ def header(
     elif tracer:
         line += (
             f" — a tracer ({tracer}) is active: CPU-bound code runs several times slower under "
-            "it, so a block near the threshold can flip (for coverage runs, see the README's CI "
-            "section)"
+            "it, so a block near the threshold can flip (for coverage runs, see 'Coverage and "
+            "other tracers' in the docs' CI page)"
         )
     return line
 

@@ -95,6 +95,12 @@ class Watchdog:
         self._stopping, self.sleeping, self.detached = False, False, False
         ready = threading.Event()
         unshare = filetable.unshare_call() if detach else None
+        if detach:
+            # ctypes makes a closure at import, and libffi (Debian's, with static trampolines)
+            # then opens its own shared object and keeps the descriptor's number for every
+            # later closure: that must happen here, in the process's table, not lazily on the
+            # watchdog's own one, where the number would name nothing for the other threads.
+            clocks.gil_holding_pread()
         self._thread = threading.Thread(
             target=self._run, args=(unshare, ready), name=self.NAME, daemon=True
         )
