@@ -3,15 +3,30 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import http.cookiejar  # noqa: F401  (see below)
 import os
 import signal
+import sys
 import threading
+import warnings
 
+# The SQLAlchemy stack the inner sessions use, imported once here (see below): an inner session
+# that imported a dialect or a driver first would drop it at its end, and SQLAlchemy's registries
+# (and asyncpg's C extension) do not take a second import well.
+import aiosqlite  # noqa: F401
+import asyncpg  # noqa: F401
 import httpx  # noqa: F401
+import psycopg  # noqa: F401
 import pytest
 import requests  # noqa: F401
-import sqlalchemy.ext.asyncio  # noqa: F401
+import sqlalchemy.dialects.postgresql.asyncpg
+import sqlalchemy.dialects.postgresql.psycopg
+import sqlalchemy.dialects.sqlite.aiosqlite
+import sqlalchemy.dialects.sqlite.pysqlite
+import sqlalchemy.ext.asyncio
+import sqlalchemy.ext.asyncio.session
+import sqlalchemy.orm  # noqa: F401
 
 from pytest_loopguard._core.engine import ENGINE
 
@@ -70,7 +85,10 @@ def run(
     if subprocess:
         # A bound: an inner session that never ends fails its test, not the whole CI job.
         return pytester.runpytest_subprocess(*ASYNCIO, *args, timeout=SUBPROCESS_TIMEOUT)
-    return pytester.runpytest(*ASYNCIO, *args)
+    with warnings.catch_warnings():
+        # As in a user's own process: this session's filterwarnings = error is not the inner's.
+        warnings.resetwarnings()
+        return pytester.runpytest(*ASYNCIO, *args)
 
 
 # Appended to a clean case's test file: an allowed block in the same inner run proves the watcher
@@ -199,9 +217,20 @@ def db_url(request: pytest.FixtureRequest, pytester: pytest.Pytester) -> str:
 
 
 def run_sa(pytester: pytest.Pytester, *args: str) -> pytest.RunResult:
-    """An inner session of SQLAlchemy tests, in a fresh interpreter: in-process runs drop and
-    re-import SQLAlchemy's dialect modules, whose registries then warn (or a C driver crashes)."""
-    return run(pytester, *args, subprocess=True)
+    """An inner session of SQLAlchemy tests. In-process (a fresh interpreter costs a second a
+    test): the dialects and drivers were imported above, so no inner session re-imports them.
+    What the inner tests left for the garbage collector (a driver's coroutine a lazy load never
+    awaited) is collected here, as the inner process's exit would have: its warnings are the
+    inner session's, not this one's."""
+    result = run(pytester, *args)
+    hook, sys.unraisablehook = sys.unraisablehook, lambda unraisable: None
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            gc.collect()
+    finally:
+        sys.unraisablehook = hook
+    return result
 
 
 @pytest.fixture
