@@ -128,7 +128,7 @@ def test_never_flagged_and_the_marker(pytester: pytest.Pytester, sa_project: str
     """selectinload's batches (one per 500 parents), identity-map gets, different statements,
     a flush of many rows, and a test marked allow_nplusone — at a threshold of 2."""
     clean = LOOPS.split("\n\nasync def test_awaitable")[0] + CLEAN + NPLUSONE_CANARY
-    pytester.makepyfile(test_clean=clean)
+    pytester.makepyfile(test_nplusone_clean=clean)
     extra = "loop_guard_sqlalchemy = true\nloop_sqlalchemy_nplusone = 2"
     write_ini(pytester, "auto", extra)
     result = run_sa(pytester)

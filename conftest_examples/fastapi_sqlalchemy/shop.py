@@ -128,12 +128,12 @@ async def fixed_export(request: Request) -> dict[str, int]:
 # -- CPU-heavy computation ----------------------------------------------------------------------
 @app.get("/broken/primes")
 async def broken_primes() -> dict[str, int]:
-    return {"primes": count_primes(250_000)}
+    return {"primes": count_primes(150_000)}
 
 
 @app.get("/fixed/primes")
 async def fixed_primes() -> dict[str, int]:
-    return {"primes": await asyncio.to_thread(count_primes, 250_000)}
+    return {"primes": await asyncio.to_thread(count_primes, 150_000)}
 
 
 # -- a sync engine in an async route (the seed's MissingGreenlet example) ------------------------
