@@ -15,10 +15,18 @@ import warnings
 # that imported a dialect or a driver first would drop it at its end, and SQLAlchemy's registries
 # (and asyncpg's C extension) do not take a second import well.
 import aiosqlite  # noqa: F401
+
+# The plugins the inner sessions pin with -p, and the modules ours imports lazily, imported once
+# here: pytester drops what an inner session imported first, so each in-process run would
+# import (and assertion-rewrite) them all again — about 0.15 s a run, half the suite's time.
+import anyio.pytest_plugin  # noqa: F401
 import asyncpg  # noqa: F401
 import httpx  # noqa: F401
 import psycopg  # noqa: F401
 import pytest
+import pytest_asyncio.plugin  # noqa: F401
+import pytest_timeout  # noqa: F401
+import pytest_trio.plugin  # noqa: F401
 import requests  # noqa: F401
 import sqlalchemy.dialects.postgresql.asyncpg
 import sqlalchemy.dialects.postgresql.psycopg
@@ -28,6 +36,12 @@ import sqlalchemy.ext.asyncio
 import sqlalchemy.ext.asyncio.session
 import sqlalchemy.orm  # noqa: F401
 
+import pytest_loopguard._base.report
+import pytest_loopguard._core.hang
+import pytest_loopguard._core.strict
+import pytest_loopguard._plugin.trio_fixtures
+import pytest_loopguard.plugin
+import pytest_loopguard.sqlalchemy  # noqa: F401
 from pytest_loopguard._core.engine import ENGINE
 
 pytest_plugins = ["pytester"]
