@@ -6,6 +6,7 @@ import asyncio
 import gc
 import http.cookiejar  # noqa: F401  (see below)
 import os
+import re
 import signal
 import sys
 import threading
@@ -189,6 +190,15 @@ def strict_call(call: str, where: str, *, times: int = 1) -> str:
         f"LoopBlockedError: blocking call {call} on the event loop at {where} "
         f"(strict mode: fails however short{count})"
     )
+
+
+_SECONDS = re.compile(r"(?:blocked for|held it for) (\d+\.\d+) s")
+
+
+def reported_seconds(result: pytest.RunResult) -> list[float]:
+    """Every block's duration the run printed, in order: for bounds that hold on a loaded
+    machine (a 0.2 s sleep is reported between 0.15 and 1.5 s), never pinned to digits."""
+    return [float(s) for s in _SECONDS.findall(result.stdout.str())]
 
 
 def assert_blocked(

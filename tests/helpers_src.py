@@ -11,7 +11,7 @@ import pytest
 
 class _Slow(http.server.BaseHTTPRequestHandler):
     def do_GET(self):
-        time.sleep(0.3)
+        time.sleep(0.2)
         self.send_response(200)
         self.send_header("Content-Length", "2")
         self.end_headers()

@@ -101,8 +101,8 @@ def test_the_wait_for_a_cpu_is_no_false_alarm_and_is_said_apart(pytester: pytest
     result.stdout.fnmatch_lines(
         [
             "*_ test_long_callback _*",
-            blocked("test_loaded_runner.py:10 in spin", seconds="0.2*"),
-            "wall 0.2* s, CPU 0.2* s: CPU-bound* (and 0.* s more waiting for a CPU: a busy "
+            blocked("test_loaded_runner.py:10 in spin"),
+            "wall * s, CPU * s: CPU-bound* (and 0.* s more waiting for a CPU: a busy "
             "machine, not counted)",
         ]
     )
@@ -155,7 +155,7 @@ def test_a_hang_on_a_loaded_runner_is_told_cpu_bound(pytester: pytest.Pytester) 
     result.assert_outcomes(failed=1)
     result.stdout.fnmatch_lines(
         [
-            hung("test_loaded_hang.py:13 in test_spins", seconds="0.6*"),
+            hung("test_loaded_hang.py:13 in test_spins"),
             "fix: CPU-bound work holds the loop*",
         ]
     )

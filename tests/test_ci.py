@@ -16,7 +16,7 @@ BLOCKS = """
 import time
 
 async def test_blocks():
-    time.sleep(0.3)
+    time.sleep(0.2)
 
 async def test_clean():
     pass
@@ -30,7 +30,7 @@ def test_the_crash_location_is_the_blocking_line(pytester: pytest.Pytester) -> N
     result.assert_outcomes(failed=1, passed=1)
     result.stdout.fnmatch_lines([f"test_ci_suite.py:4: {HEADLINE}test_blocks"])
     result = run(pytester, "--tb=short")
-    result.stdout.fnmatch_lines([HEADLINE + "test_blocks", "    time.sleep(0.3)"])
+    result.stdout.fnmatch_lines([HEADLINE + "test_blocks", "    time.sleep(0.2)"])
 
 
 @pytest.mark.parametrize("mode", ["fail", "warn"])
@@ -60,7 +60,7 @@ def _annotations(result: pytest.RunResult) -> list[str]:
 
 
 ANNOTATION = (
-    "::error file=test_ci_suite.py,line=4,title=pytest-loopguard::event loop blocked for 0.3* s "
+    "::error file=test_ci_suite.py,line=4,title=pytest-loopguard::event loop blocked for * s "
     "(threshold 0.10 s) in test_ci_suite.py::test_blocks (call)%0Afix: time.sleep blocks every "
     "request — use `await asyncio.sleep(...)`"
 )
@@ -105,9 +105,11 @@ def test_junit_keeps_the_headline_and_gets_each_block_as_properties(
     result = run(pytester, "--junitxml=junit.xml")
     result.assert_outcomes(failed=1, passed=1)
     xml = (pytester.path / "junit.xml").read_text()
-    assert re.search(r'<failure message="LoopBlockedError: event loop blocked for 0\.[23]\d s', xml)
+    assert re.search(r'<failure message="LoopBlockedError: event loop blocked for \d\.\d\d s', xml)
+    held = re.search(r'name="loopguard.duration" value="(\d+\.\d+)"', xml)
+    assert held is not None
+    assert 0.15 <= float(held.group(1)) <= 1.5  # the 0.2 s sleep, on a loaded machine too
     for prop in (
-        r'name="loopguard.duration" value="0\.[23]\d*"',  # the loop was held ~0.3 s
         r'name="loopguard.location" value="test_ci_suite.py:4"',
         r'name="loopguard.phase" value="call"',
         r'name="loopguard.hint" value="sleep"',
@@ -138,7 +140,7 @@ def test_pytest_html_shows_the_message_in_the_test_row(
     result.assert_outcomes(**({"failed": 1, "passed": 1} if mode == "fail" else {"passed": 2}))
     logs = _html_rows((pytester.path / "report.html").read_text())
     log = logs["test_ci_suite.py::test_blocks"]
-    assert log.count("event loop blocked for 0.3") == 1, log
+    assert len(re.findall(r"event loop blocked for \d\.\d\d s", log)) == 1, log
     assert "stack while blocked (most recent call last):" in log
     assert ('<pre class="loopguard">' in log) == (mode == "warn"), log
     assert "event loop blocked" not in logs["test_ci_suite.py::test_clean"]

@@ -10,7 +10,7 @@ from conftest import CANARY, assert_clean, run
 from helpers_src import SLOW_SERVER
 
 CLEAN = {
-    "asyncio_sleep": "await asyncio.sleep(0.3)",
+    "asyncio_sleep": "await asyncio.sleep(0.2)",
     "to_thread": "await asyncio.to_thread(time.sleep, 0.3)",
     "thread_executor": "await asyncio.get_running_loop().run_in_executor(None, time.sleep, 0.3)",
     "process_executor": (
@@ -18,12 +18,12 @@ CLEAN = {
         "        await asyncio.get_running_loop().run_in_executor(pool, time.sleep, 0.3)"
     ),
     "other_thread_blocks": (
-        "t = threading.Thread(target=time.sleep, args=(0.3,)); t.start()\n"
-        "    await asyncio.sleep(0.4); t.join()"
+        "t = threading.Thread(target=time.sleep, args=(0.2,)); t.start()\n"
+        "    await asyncio.sleep(0.3); t.join()"
     ),
     "other_thread_cpu": (
-        "t = threading.Thread(target=busy, args=(0.3,)); t.start()\n"
-        "    await asyncio.sleep(0.4); t.join()"
+        "t = threading.Thread(target=busy, args=(0.2,)); t.start()\n"
+        "    await asyncio.sleep(0.3); t.join()"
     ),
     "many_short_callbacks": ("for _ in range(30000):\n        await asyncio.sleep(0)"),
     "many_short_sleeps": (
@@ -39,7 +39,7 @@ CLEAN = {
     "aiosqlite": (
         "async with aiosqlite.connect(':memory:') as db:\n"
         "        await db.create_function('pg_sleep', 1, time.sleep)\n"
-        "        await (await db.execute('select pg_sleep(0.3)')).fetchall()"
+        "        await (await db.execute('select pg_sleep(0.2)')).fetchall()"
     ),
     "gather_of_sleeps": "await asyncio.gather(*(asyncio.sleep(0.2) for _ in range(200)))",
 }
@@ -101,11 +101,11 @@ def test_sync_tests_are_not_watched(pytester: pytest.Pytester) -> None:
             from pytest_loopguard._core.engine import ENGINE
 
             def test_sync_sleeps():
-                time.sleep(0.3)
+                time.sleep(0.2)
 
             def test_the_watchdog_sleeps_through_sync_tests():
                 looks = ENGINE.watchdog.looks
-                time.sleep(0.3)
+                time.sleep(0.2)
                 assert ENGINE.watchdog.sleeping
                 assert ENGINE.watchdog.looks == looks
     """
@@ -135,7 +135,7 @@ def test_first_import_on_the_loop_is_not_a_block(pytester: pytest.Pytester) -> N
 
         async def test_but_blocks_still_count():
             importlib.import_module("heavy_module")
-            time.sleep(0.3)
+            time.sleep(0.2)
         """,
     )
     pytester.syspathinsert()

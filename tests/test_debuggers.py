@@ -12,7 +12,7 @@ BLOCKS = """
 import time
 
 async def test_blocks():
-    time.sleep(0.3)
+    time.sleep(0.2)
 """
 
 

@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from conftest import assert_blocked, blocked, run
+from conftest import assert_blocked, blocked, reported_seconds, run
 from helpers_src import SLOW_SERVER
 
 SLEEP_FIX = "time.sleep blocks every request — use `await asyncio.sleep(...)`"
@@ -16,7 +16,7 @@ HTTP_FIX = (
 )
 
 KINDS = {
-    "sleep": ("time.sleep(0.3)", "time.sleep(0.3)", SLEEP_FIX),
+    "sleep": ("time.sleep(0.2)", "time.sleep(0.2)", SLEEP_FIX),
     "urllib": (
         "urllib.request.urlopen(slow_url).read()",
         "urllib.request.urlopen(slow_url).read()",
@@ -34,7 +34,7 @@ KINDS = {
         HTTP_FIX,
     ),
     "sqlalchemy": (
-        "sync_engine(slow_url).connect().execute(sqlalchemy.text('select pg_sleep(0.3)'))",
+        "sync_engine(slow_url).connect().execute(sqlalchemy.text('select pg_sleep(0.2)'))",
         "sync_engine(slow_url).connect()*",
         "a sync SQLAlchemy engine/session blocks the loop on every query — use `AsyncSession`*",
     ),
@@ -43,9 +43,9 @@ KINDS = {
         "open(slow_fifo()).read()",
         "file I/O blocks the loop — use `await asyncio.to_thread(path.read_text)` or aiofiles",
     ),
-    "cpu": ("busy(0.3)", "while time.perf_counter() < end:*", "CPU-bound work holds the loop — *"),
+    "cpu": ("busy(0.2)", "while time.perf_counter() < end:*", "CPU-bound work holds the loop — *"),
     "subprocess": (
-        "subprocess.run([sys.executable, '-c', 'import time; time.sleep(0.3)'], check=True)",
+        "subprocess.run([sys.executable, '-c', 'import time; time.sleep(0.2)'], check=True)",
         "subprocess.run(*",
         "subprocess waits for the child on the loop thread — use `await asyncio.create_subp*",
     ),
@@ -94,7 +94,7 @@ def slow_fifo():
     os.mkfifo(path)
 
     def writer():
-        time.sleep(0.3)
+        time.sleep(0.2)
         with open(path, "w") as f:
             f.write("data")
     threading.Thread(target=writer).start()
@@ -133,30 +133,32 @@ def test_test_body_block_names_line_and_duration(pytester: pytest.Pytester) -> N
 
         async def test_users():
             await asyncio.sleep(0)
-            time.sleep(0.3)
+            time.sleep(0.2)
         """
     )
     result = run(pytester)
     result.assert_outcomes(failed=1)
     result.stdout.fnmatch_lines(
         [
-            blocked(
-                "test_test_body_block_names_line_and_duration.py:5 in test_users", seconds="0.3*"
-            ),
-            "    time.sleep(0.3)",
+            blocked("test_test_body_block_names_line_and_duration.py:5 in test_users"),
+            "    time.sleep(0.2)",
             f"fix: {SLEEP_FIX}",
-            "wall 0.3* s, CPU 0.0* s: waiting (not on the CPU)*",
+            "wall * s, CPU 0.0* s: waiting (not on the CPU)*",
             "stack while blocked (most recent call last):",
             "  test_test_body_block_names_line_and_duration.py:5 in test_users",
-            "FAILED *::test_users - LoopBlockedError: event loop blocked for 0.3* s *",
+            "FAILED *::test_users - LoopBlockedError: event loop blocked for * s *",
         ]
     )
+    # The headline, the summary line: the 0.2 s sleep, within bounds a loaded machine keeps.
+    seconds = reported_seconds(result)
+    assert len(seconds) == 2
+    assert all(0.15 <= s <= 1.5 for s in seconds), seconds
     result.stdout.no_fnmatch_line("*pluggy/*")
     result.stdout.no_fnmatch_line("*pytest_loopguard*")
 
 
 def test_cpu_bound_block_is_reported_as_cpu_bound(pytester: pytest.Pytester) -> None:
-    pytester.makepyfile(PRELUDE + "\n\nasync def test_cpu():\n    busy(0.3)\n")
+    pytester.makepyfile(PRELUDE + "\n\nasync def test_cpu():\n    busy(0.2)\n")
     result = run(pytester)
     result.assert_outcomes(failed=1)
     result.stdout.fnmatch_lines(["wall 0.* s, CPU 0.* s: CPU-bound*"])
@@ -184,9 +186,9 @@ def test_async_fixture_setup_and_teardown_are_errors_naming_the_fixture(
     result.stdout.fnmatch_lines(
         [
             "*ERROR at setup of test_uses_db*",
-            blocked("*.py:5 in database (during setup of fixture 'database')", seconds="0.2*"),
+            blocked("*.py:5 in database (during setup of fixture 'database')"),
             "*ERROR at teardown of test_uses_db*",
-            blocked("*.py:7 in database (during teardown of fixture 'database')", seconds="0.2*"),
+            blocked("*.py:7 in database (during teardown of fixture 'database')"),
         ]
     )
 
@@ -222,21 +224,21 @@ def test_module_scoped_fixture_block_is_reported_on_the_first_test(
     [
         (
             "await asyncio.create_task(blocker())",
-            "time.sleep(0.3)",
+            "time.sleep(0.2)",
         ),
         (
             "await asyncio.gather(blocker(), asyncio.sleep(0.1))",
-            "time.sleep(0.3)",
+            "time.sleep(0.2)",
         ),
         (
             "loop = asyncio.get_running_loop(); loop.call_soon(sync_blocker); "
-            "await asyncio.sleep(0.4)",
-            "time.sleep(0.3)",
+            "await asyncio.sleep(0.3)",
+            "time.sleep(0.2)",
         ),
         (
             "loop = asyncio.get_running_loop(); loop.call_later(0.01, sync_blocker); "
-            "await asyncio.sleep(0.4)",
-            "time.sleep(0.3)",
+            "await asyncio.sleep(0.3)",
+            "time.sleep(0.2)",
         ),
     ],
     ids=["create_task", "gather", "call_soon", "call_later"],
@@ -247,10 +249,10 @@ def test_blocks_in_tasks_and_callbacks(pytester: pytest.Pytester, body: str, lin
         import asyncio, time
 
         async def blocker():
-            time.sleep(0.3)
+            time.sleep(0.2)
 
         def sync_blocker():
-            time.sleep(0.3)
+            time.sleep(0.2)
 
         async def test_spawns():
             {body}
@@ -271,7 +273,7 @@ def test_fastapi_route_through_asgi_transport(pytester: pytest.Pytester) -> None
 
         @app.get("/users")
         async def list_users():
-            time.sleep(0.3)
+            time.sleep(0.2)
             return [{"name": "ada"}]
 
         @app.get("/fast")
@@ -297,7 +299,7 @@ def test_fastapi_route_through_asgi_transport(pytester: pytest.Pytester) -> None
     pytester.syspathinsert()
     result = run(pytester)
     result.assert_outcomes(failed=1, passed=1)
-    assert_blocked(result, "app.py:8 in list_users", "time.sleep(0.3)", SLEEP_FIX)
+    assert_blocked(result, "app.py:8 in list_users", "time.sleep(0.2)", SLEEP_FIX)
     result.stdout.fnmatch_lines(["  test_api.py:9 in test_users", "  app.py:8 in list_users"])
 
 
@@ -316,11 +318,14 @@ def test_several_blocks_are_all_listed_worst_first(pytester: pytest.Pytester) ->
     result.assert_outcomes(failed=1)
     result.stdout.fnmatch_lines(
         [
-            "LoopBlockedError: event loop blocked for 0.3* s * at *.py:6 in test_two_blocks",
+            "LoopBlockedError: event loop blocked for * s * at *.py:6 in test_two_blocks",
             "1 more block(s) of the event loop in this phase:",
-            "event loop blocked for 0.1* s * at *.py:4 in test_two_blocks",
+            "event loop blocked for * s * at *.py:4 in test_two_blocks",
         ]
     )
+    worst, other = reported_seconds(result)[:2]
+    assert 0.3 <= worst <= 2.0
+    assert 0.1 <= other < worst
 
 
 def test_own_failure_is_kept_and_block_reported_beside_it(pytester: pytest.Pytester) -> None:
@@ -339,7 +344,7 @@ def test_own_failure_is_kept_and_block_reported_beside_it(pytester: pytest.Pytes
         [
             "E       assert 1 == 2",
             "*- event loop blocked (pytest-loopguard) -*",
-            "LoopBlockedError: event loop blocked for 0.2* s * at *.py:4 in test_both",
+            "LoopBlockedError: event loop blocked for * s * at *.py:4 in test_both",
             "FAILED *::test_both - assert 1 == 2",
         ]
     )
@@ -351,7 +356,7 @@ def test_asyncio_run_in_a_sync_test_is_watched(pytester: pytest.Pytester) -> Non
         import asyncio, time
 
         async def main():
-            time.sleep(0.3)
+            time.sleep(0.2)
 
         def test_sync_runs_a_loop():
             asyncio.run(main())
@@ -359,7 +364,7 @@ def test_asyncio_run_in_a_sync_test_is_watched(pytester: pytest.Pytester) -> Non
     )
     result = run(pytester)
     result.assert_outcomes(failed=1)
-    assert_blocked(result, "*.py:4 in main", "time.sleep(0.3)", SLEEP_FIX)
+    assert_blocked(result, "*.py:4 in main", "time.sleep(0.2)", SLEEP_FIX)
 
 
 def test_fastapi_testclient_from_a_sync_test(pytester: pytest.Pytester) -> None:
@@ -376,12 +381,12 @@ def test_fastapi_testclient_from_a_sync_test(pytester: pytest.Pytester) -> None:
 
         @app.get("/async-blocks")
         async def async_blocks():
-            time.sleep(0.3)
+            time.sleep(0.2)
             return {}
 
         @app.get("/def-sleeps")
         def def_sleeps():
-            time.sleep(0.3)
+            time.sleep(0.2)
             return {}
 
         def test_async_route_blocks():
@@ -396,7 +401,7 @@ def test_fastapi_testclient_from_a_sync_test(pytester: pytest.Pytester) -> None:
     # Starlette may warn about which httpx its TestClient uses: not what this test is about.
     result = run(pytester, "-W", "ignore::UserWarning")
     result.assert_outcomes(failed=1, passed=1)
-    assert_blocked(result, "*.py:9 in async_blocks", "time.sleep(0.3)", SLEEP_FIX)
+    assert_blocked(result, "*.py:9 in async_blocks", "time.sleep(0.2)", SLEEP_FIX)
     result.stdout.fnmatch_lines(["FAILED *::test_async_route_blocks - LoopBlockedError*"])
 
 
@@ -407,12 +412,12 @@ def test_unittest_isolated_asyncio_test_case(pytester: pytest.Pytester) -> None:
 
         class TestService(unittest.IsolatedAsyncioTestCase):
             async def test_blocks(self):
-                time.sleep(0.3)
+                time.sleep(0.2)
 
             async def test_clean(self):
-                await asyncio.sleep(0.3)
+                await asyncio.sleep(0.2)
         """
     )
     result = run(pytester, mode="strict")
     result.assert_outcomes(failed=1, passed=1)
-    assert_blocked(result, "*.py:5 in test_blocks", "time.sleep(0.3)", SLEEP_FIX)
+    assert_blocked(result, "*.py:5 in test_blocks", "time.sleep(0.2)", SLEEP_FIX)

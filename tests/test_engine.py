@@ -47,7 +47,7 @@ def test_seed_profile_loop_case() -> None:
     """The seed's profile_loop.py: a blocking coroutine in gather delays asyncio.sleep(0.1)."""
 
     async def blocking_route_simulation() -> None:
-        time.sleep(0.3)
+        time.sleep(0.2)
 
     async def main() -> None:
         await asyncio.gather(blocking_route_simulation(), asyncio.sleep(0.1))

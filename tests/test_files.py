@@ -74,7 +74,7 @@ def test_a_socket_closed_during_the_session_is_closed(pytester: pytest.Pytester)
         from conftest import LISTENER
 
         async def test_blocks():
-            time.sleep(0.3)
+            time.sleep(0.2)
 
         def test_closes_the_listener():
             port = LISTENER.getsockname()[1]
@@ -124,7 +124,7 @@ def test_loop_threads_leave_no_descriptor_behind(tmp_path: Path) -> None:
                 thread = threading.Thread(target=worker)
                 thread.start()
                 thread.join()
-            asyncio.run(asyncio.sleep(0.3))  # more looks: they close the workers' clocks
+            asyncio.run(asyncio.sleep(0.2))  # more looks: they close the workers' clocks
             print("main's table", "same" if sorted(os.listdir(main)) == before else "grew")
             print("watchdog's table", watchdog_files())
         print("events", guard.events)
@@ -144,7 +144,7 @@ def test_the_watchdog_shares_the_file_table_once_trio_runs(tmp_path: Path) -> No
         import trio
 
         async def blocks():
-            time.sleep(0.3)
+            time.sleep(0.2)
 
         with LoopGuard(threshold=0.1) as guard:
             print("imported", ENGINE.watchdog.detached)

@@ -38,7 +38,7 @@ class SlowText(TypeDecorator):
     cache_ok = True
 
     def process_result_value(self, value, dialect):
-        time.sleep(0.3)
+        time.sleep(0.2)
         return value
 
 
@@ -63,7 +63,7 @@ async def test_http_in_a_flush_hook(sessionmaker, slow_url):
 
 async def test_cpu_in_run_sync(engine):
     async with engine.connect() as conn:
-        await conn.run_sync(lambda sync_conn: busy(0.3))
+        await conn.run_sync(lambda sync_conn: busy(0.2))
 
 
 async def test_sleep_in_a_type_decorator(sessionmaker):
@@ -113,7 +113,7 @@ def test_blocks_in_the_sync_bridge_are_caught_at_their_line(
             "wall 0.* s, CPU 0.* s: CPU-bound*",
             "*_ test_sleep_in_a_type_decorator _*",
             blocked("test_bridge.py:22 in process_result_value", seconds="0.*"),
-            "    time.sleep(0.3)",
+            "    time.sleep(0.2)",
             BRIDGE + "time.sleep blocks every request*",
         ]
     )

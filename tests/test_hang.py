@@ -96,7 +96,7 @@ def test_no_hang_guard_by_default_and_blocks_below_the_timeout_are_blocks(
         import time
 
         async def test_blocks():
-            time.sleep(0.3)
+            time.sleep(0.2)
         """
     )
     result = run(pytester, "--loop-block-timeout=2")

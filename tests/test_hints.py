@@ -63,7 +63,7 @@ def test_the_sync_test_client_in_an_async_test(pytester: pytest.Pytester) -> Non
 
         @app.get("/slow")
         async def slow():
-            await asyncio.sleep(0.3)
+            await asyncio.sleep(0.2)
             return {"ok": True}
 
         async def test_uses_the_sync_client():

@@ -65,7 +65,7 @@ def test_a_warning_made_an_error_fails_the_test_at_the_line(pytester: pytest.Pyt
     result.assert_outcomes(failed=1, passed=1)
     result.stdout.fnmatch_lines(
         [
-            "*PytestWarning: event loop blocked for 0.2* s (threshold 0.10 s) "
+            "*PytestWarning: event loop blocked for * s (threshold 0.10 s) "
             "at test_warned.py:4 in test_blocks",
             "FAILED test_warned.py::test_blocks - *PytestWarning*",
         ]
@@ -103,9 +103,9 @@ def test_a_block_in_a_subtest_fails_that_subtest_and_counts_once(
     result.stdout.fnmatch_lines(
         [
             "*test_parts [[]blocks[]]*",
-            blocked("test_subtests.py:7 in test_parts", seconds="0.2*"),
+            blocked("test_subtests.py:7 in test_parts"),
             "*test_parts _*",
-            blocked("test_subtests.py:11 in test_parts", seconds="0.1*"),
+            blocked("test_subtests.py:11 in test_parts"),
             "2 block(s) in 1 test(s)*",
         ]
     )
@@ -124,7 +124,7 @@ def test_a_unittest_failure_stays_the_failure_with_the_block_beside_it(
 
         class TestService(unittest.IsolatedAsyncioTestCase):
             async def test_blocks_and_fails(self):
-                time.sleep(0.3)
+                time.sleep(0.2)
                 self.assertEqual(1, 2)
         """
     )
@@ -134,7 +134,7 @@ def test_a_unittest_failure_stays_the_failure_with_the_block_beside_it(
         [
             "*AssertionError: 1 != 2",
             "*event loop blocked (pytest-loopguard)*",
-            blocked("test_unit.py:5 in test_blocks_and_fails", seconds="0.3*"),
+            blocked("test_unit.py:5 in test_blocks_and_fails"),
             "FAILED test_unit.py::TestService::test_blocks_and_fails - AssertionError: 1 != 2",
         ]
     )

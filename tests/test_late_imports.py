@@ -34,7 +34,7 @@ import server_lib
 
 async def main():
     await asyncio.sleep(0)
-    time.sleep(0.3)
+    time.sleep(0.2)
 
 
 def test_imported_in_the_test():
@@ -61,7 +61,7 @@ def test_imported_by_a_library():
 def test_clean_after_the_import():
     import uvloop
 
-    uvloop.run(asyncio.sleep(0.3))
+    uvloop.run(asyncio.sleep(0.2))
 """
 
 
@@ -76,7 +76,7 @@ def test_uvloop_imported_during_the_session_is_watched(pytester: pytest.Pytester
         [
             "*_ test_imported_in_the_test _*",
             blocked("test_late.py:8 in main", seconds="0.*"),
-            "    time.sleep(0.3)",
+            "    time.sleep(0.2)",
             SLEEP_FIX,
             "*_ test_imported_by_a_fixture _*",
             blocked("test_late.py:8 in main", seconds="0.*"),

@@ -75,7 +75,7 @@ def test_patched_clocks_and_sleep_do_not_change_verdicts(pytester: pytest.Pytest
     result = run(pytester)
     result.assert_outcomes(failed=1, passed=1)
     result.stdout.fnmatch_lines(
-        ["LoopBlockedError: event loop blocked for 0.3* s * in test_frozen_clocks"]
+        ["LoopBlockedError: event loop blocked for * s * in test_frozen_clocks"]
     )
 
 
@@ -98,7 +98,7 @@ def test_loop_closed_or_replaced_by_the_test(pytester: pytest.Pytester) -> None:
             loop.close()
 
         async def test_after_is_still_watched():
-            time.sleep(0.3)
+            time.sleep(0.2)
         """
     )
     result = run(pytester)

@@ -16,16 +16,16 @@ def test_strict_mode_marked_tests(pytester: pytest.Pytester) -> None:
 
         @pytest.mark.asyncio
         async def test_blocks():
-            time.sleep(0.3)
+            time.sleep(0.2)
 
         @pytest.mark.asyncio
         async def test_clean():
-            await asyncio.sleep(0.3)
+            await asyncio.sleep(0.2)
         """
     )
     result = run(pytester, mode="strict")
     result.assert_outcomes(failed=1, passed=1)
-    assert_blocked(result, "*.py:5 in test_blocks", "time.sleep(0.3)", SLEEP_FIX)
+    assert_blocked(result, "*.py:5 in test_blocks", "time.sleep(0.2)", SLEEP_FIX)
 
 
 @pytest.mark.parametrize("scope", ["function", "class", "module", "package", "session"])
@@ -45,7 +45,7 @@ def test_loop_scopes(pytester: pytest.Pytester, scope: str) -> None:
                 await asyncio.sleep(0.2)
 
             async def test_blocks(self, resource):
-                time.sleep(0.3)
+                time.sleep(0.2)
 
             async def test_clean_after(self, resource):
                 await asyncio.sleep(0.2)
@@ -53,7 +53,7 @@ def test_loop_scopes(pytester: pytest.Pytester, scope: str) -> None:
     )
     result = run(pytester, mode="strict")
     result.assert_outcomes(failed=1, passed=2)
-    assert_blocked(result, "*.py:14 in test_blocks", "time.sleep(0.3)", SLEEP_FIX)
+    assert_blocked(result, "*.py:14 in test_blocks", "time.sleep(0.2)", SLEEP_FIX)
 
 
 def test_anyio_plugin_on_asyncio(pytester: pytest.Pytester) -> None:
@@ -67,7 +67,7 @@ def test_anyio_plugin_on_asyncio(pytester: pytest.Pytester) -> None:
 
         @pytest.mark.anyio
         async def test_blocks():
-            time.sleep(0.3)
+            time.sleep(0.2)
 
         @pytest.mark.anyio
         async def test_clean():
@@ -77,7 +77,7 @@ def test_anyio_plugin_on_asyncio(pytester: pytest.Pytester) -> None:
     write_ini(pytester)
     result = pytester.runpytest("-p", "pytest_loopguard", "-p", "anyio")
     result.assert_outcomes(failed=1, passed=1)
-    assert_blocked(result, "*.py:9 in test_blocks", "time.sleep(0.3)", SLEEP_FIX)
+    assert_blocked(result, "*.py:9 in test_blocks", "time.sleep(0.2)", SLEEP_FIX)
 
 
 def test_new_loop_run_by_hand_in_a_sync_test(pytester: pytest.Pytester) -> None:
@@ -86,7 +86,7 @@ def test_new_loop_run_by_hand_in_a_sync_test(pytester: pytest.Pytester) -> None:
         import asyncio, time
 
         async def blocker():
-            time.sleep(0.3)
+            time.sleep(0.2)
 
         def test_manual_loop():
             loop = asyncio.new_event_loop()
@@ -101,7 +101,7 @@ def test_new_loop_run_by_hand_in_a_sync_test(pytester: pytest.Pytester) -> None:
     )
     result = run(pytester)
     result.assert_outcomes(failed=1, passed=1)
-    assert_blocked(result, "*.py:4 in blocker", "time.sleep(0.3)", SLEEP_FIX)
+    assert_blocked(result, "*.py:4 in blocker", "time.sleep(0.2)", SLEEP_FIX)
 
 
 def test_plugin_can_be_switched_off(pytester: pytest.Pytester) -> None:
@@ -110,7 +110,7 @@ def test_plugin_can_be_switched_off(pytester: pytest.Pytester) -> None:
         import time
 
         async def test_blocks():
-            time.sleep(0.3)
+            time.sleep(0.2)
         """
     )
     write_ini(pytester, mode="auto")

@@ -10,7 +10,7 @@ BLOCK_03 = """
 import time, pytest
 
 async def test_blocks_for_0_3():
-    time.sleep(0.3)
+    time.sleep(0.2)
 """
 
 
@@ -68,12 +68,12 @@ def test_marker_on_class_and_module(pytester: pytest.Pytester) -> None:
         pytestmark = pytest.mark.loop_block_threshold(0.5)
 
         async def test_module_level():
-            time.sleep(0.3)
+            time.sleep(0.2)
 
         @pytest.mark.loop_block_threshold(0.05)
         class TestTight:
             async def test_class_level(self):
-                time.sleep(0.3)
+                time.sleep(0.2)
         """
     )
     result = run(pytester)

@@ -365,7 +365,7 @@ def test_asyncpg_and_aiosqlite_io_is_not_a_block(
         )
 
         async def test_slow_async_query(engine):
-            query = "select pg_sleep(0.3)" if "postgresql" in DB_URL else SLOW_SQLITE
+            query = "select pg_sleep(0.2)" if "postgresql" in DB_URL else SLOW_SQLITE
             async with engine.connect() as conn:
                 start = time.perf_counter()
                 await conn.execute(text(query))

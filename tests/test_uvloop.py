@@ -121,15 +121,15 @@ def test_uvloop_run_inside_a_sync_test(pytester: pytest.Pytester) -> None:
 
         async def main():
             await asyncio.sleep(0)
-            time.sleep(0.3)
+            time.sleep(0.2)
 
         def test_runs_uvloop():
             uvloop.run(main())
 
         def test_clean_uvloop():
-            uvloop.run(asyncio.sleep(0.3))
+            uvloop.run(asyncio.sleep(0.2))
         """
     )
     result = run(pytester)
     result.assert_outcomes(failed=1, passed=1)
-    assert_blocked(result, "*.py:6 in main", "time.sleep(0.3)", "time.sleep blocks every request*")
+    assert_blocked(result, "*.py:6 in main", "time.sleep(0.2)", "time.sleep blocks every request*")
