@@ -217,9 +217,11 @@ def timed(root: Path, extra: list[str]) -> tuple[float, float]:
 Times = dict[str, list[float]]
 
 
-def measure(root: Path, configs: dict[str, list[str]], rounds: int) -> tuple[Times, Times]:
+def measure(
+    root: Path, configs: dict[str, list[str]], rounds: int, warm_up: bool = True
+) -> tuple[Times, Times]:
     """Wall and CPU times of each configuration, alternating, after a warm-up run of each."""
-    for flags in configs.values():
+    for flags in configs.values() if warm_up else ():
         timed(root, flags)  # a warm-up run of each: caches compiled, files in the page cache
     walls: Times = {name: [] for name in configs}
     cpus: Times = {name: [] for name in configs}
@@ -261,6 +263,11 @@ def main() -> None:
     parser.add_argument("--tests", type=int, default=300)
     parser.add_argument("--sleeps", type=int, default=3000)
     parser.add_argument("--debug-rounds", type=int, default=1, help="0 skips --loop-debug")
+    parser.add_argument(
+        "--no-warm-up",
+        action="store_true",
+        help="skip the warm-up runs (a smoke test of the script)",
+    )
     parser.add_argument("--extra", default="", help="extra pytest args for every config")
     parser.add_argument("--on-extra", default="", help="extra pytest args with the plugin on")
     parser.add_argument("--uvloop", action="store_true", help="run every test on uvloop")
@@ -301,7 +308,7 @@ def run_suite(suite: str, args: argparse.Namespace, configs: dict[str, list[str]
         }.get(suite, "")
         print(f"{suite}: {tests} tests {what}on {loop}; {args.rounds} rounds")
         target = TARGETS["uvloop" if args.uvloop else suite]
-        walls, cpus = measure(root, configs, args.rounds)
+        walls, cpus = measure(root, configs, args.rounds, warm_up=not args.no_warm_up)
         report(walls, tests, target)
         # Less disturbed by the machine's other load than wall time; the watchdog's included.
         print("  CPU time (user + system):")

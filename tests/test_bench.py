@@ -19,7 +19,7 @@ def _overhead(*args: str) -> str:
     # passed down to the suites the script times.
     env = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST_")}
     done = subprocess.run(
-        [sys.executable, str(BENCH), "--rounds", "1", "--debug-rounds", "0", *args],
+        [sys.executable, str(BENCH), "--rounds", "1", "--debug-rounds", "0", "--no-warm-up", *args],
         capture_output=True,
         text=True,
         timeout=600,

@@ -160,9 +160,7 @@ DATABASE = ("sync_session", "sync_engine", "lazy", "expired", "detached", "two_t
 DATABASE += ("n_plus_one",)
 
 
-def test_fastapi_sqlalchemy_example(
-    pytester: pytest.Pytester, examples: Path, db_url: str
-) -> None:
+def test_fastapi_sqlalchemy_example(pytester: pytest.Pytester, examples: Path, db_url: str) -> None:
     pitfalls = PITFALLS
     args: tuple[str, ...] = ()
     if "postgresql" in db_url:
