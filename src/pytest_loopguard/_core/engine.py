@@ -152,6 +152,15 @@ class Engine:
         if self.registry.active and self.watchdog.sleeping:
             self.watchdog.wake()
 
+    def idle(self) -> bool:
+        """No loop runs and no block is open or waiting: subscribing or not changes nothing."""
+        ledger = self.ledger
+        return not (self.registry.active or ledger.open_blocks or ledger.ended)
+
+    def retune(self) -> None:
+        """A subscribed guard's threshold changed."""
+        self.subscribers.retune()
+
     def unsubscribe(self, guard: Subscriber) -> None:
         """``guard`` is done: what it saw so far of an ongoing block counts up to now."""
         if guard.quiet():  # no block open, nothing to record: a switch

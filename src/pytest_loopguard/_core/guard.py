@@ -52,6 +52,8 @@ class LoopGuard:
         self._events: list[BlockEvent] = []
         self._allow_depth: dict[int, int] = {}
         self._active = False
+        self._resting = False  # between two tests, still subscribed (see ``rest``)
+        self._ledger = ENGINE.ledger  # read by every test phase: one attribute, not two
 
     @property
     def events(self) -> list[BlockEvent]:
@@ -70,10 +72,11 @@ class LoopGuard:
         holds no more than that many): the cheap check every test phase makes."""
         if since is not None and len(self._events) != since:
             return False
+        ledger = self._ledger
+        if ledger.open_blocks or ledger.ended:  # ledger.busy(), without a call
+            return False
         calls = self.calls
-        ledger = ENGINE.ledger
-        busy = ledger.open_blocks or ledger.ended  # ledger.busy(), without a call
-        return not (busy or (calls is not None and calls.pending))
+        return calls is None or not calls.pending
 
     @property
     def context(self) -> tuple[str | None, str | None]:
@@ -84,7 +87,7 @@ class LoopGuard:
         """Label the blocks that start from now on (the plugin passes its test phase here)."""
         changed = phase != self.phase
         self.phase, self.fixture = phase, fixture
-        if changed and self._active and ENGINE.ledger.busy():
+        if changed and self._active and self._ledger.busy():
             ENGINE.relabel(self)
 
     def close_ongoing(self) -> None:
@@ -185,10 +188,17 @@ class LoopGuard:
         With ``pause``, what the pytest plugin does around each test with one guard for the
         whole session (whose lease keeps the machinery up): a switch, not a set-up.
         """
-        self.pause()  # a test interrupted before its end left it running
+        resting, self._resting = self._resting, False
+        if resting and ENGINE.idle():
+            self._switch(threshold, phase)  # still subscribed, and nothing happened since
+            return
+        if self._active:
+            self.pause()  # a test interrupted before its end left it running
         if threshold is not None and threshold != self.threshold:
             self.threshold = _checked(threshold, self.timeout)
-        self._events, self._allow_depth = [], {}
+        self._events = []
+        if self._allow_depth:
+            self._allow_depth = {}
         self.phase, self.fixture = phase, None  # the label of what blocks from now on
         if self.calls is not None:
             self.calls = _call_log(self)
@@ -196,8 +206,28 @@ class LoopGuard:
         ENGINE.subscribe(self)
         self._active = True
 
+    def rest(self) -> None:
+        """Between two tests: like ``pause``, but when no loop runs and nothing is open it stays
+        subscribed, so that the next ``resume`` is a switch of labels (a sync suite's common
+        case: an unsubscribe and a subscribe a test saved). What blocks meanwhile is dropped by
+        that ``resume``, as it would not have been recorded after a ``pause``."""
+        if self._active and self.calls is None and ENGINE.idle():
+            self.phase, self.fixture, self._resting = None, None, True
+        else:
+            self.pause()
+
+    def _switch(self, threshold: float | None, phase: str | None) -> None:
+        if threshold is not None and threshold != self.threshold:
+            self.threshold = _checked(threshold, self.timeout)
+            ENGINE.retune()
+        self._events = []
+        if self._allow_depth:
+            self._allow_depth = {}
+        self.phase = phase
+
     def pause(self) -> None:
         """Stop recording: a unit still running counts up to now, the rest of it is not ours."""
+        self._resting = False
         if not self._active:
             return
         if self.calls is not None:

@@ -49,12 +49,23 @@ class Subscribers:
         self.debug: float | None = None
 
     def add(self, guard: Subscriber) -> None:
-        self.guards = (*self.guards, guard)
-        self._tune()
+        if self.guards:
+            self.guards = (*self.guards, guard)
+            self._tune()
+        else:  # the plugin's case, at every test's start: kept to a few stores
+            self.guards = (guard,)
+            self.threshold = guard.threshold
+            self.debug = guard.threshold if guard.debug else None
 
     def remove(self, guard: Subscriber) -> None:
         guards = self.guards
-        self.guards = () if guards == (guard,) else tuple(g for g in guards if g is not guard)
+        if len(guards) == 1 and guards[0] is guard:  # and at its end
+            self.guards, self.threshold, self.debug = (), DEFAULT_THRESHOLD, None
+        else:
+            self.guards = tuple(g for g in guards if g is not guard)
+            self._tune()
+
+    def retune(self) -> None:
         self._tune()
 
     def _tune(self) -> None:

@@ -142,7 +142,7 @@ class Watch:
         run.mark = self.guard.recorded
 
     def _finish(self) -> None:
-        self.guard.pause()
+        self.guard.rest()
         self.current = None
 
     def judge(self, run: TestRun, phase: str) -> Verdict:
