@@ -229,6 +229,16 @@ def postgres_url() -> object:
         pytest.skip(f"PostgreSQL not available: {exc}")
 
 
+@pytest.fixture(params=["aiosqlite", "asyncpg", "psycopg"])
+def any_driver_url(request: pytest.FixtureRequest, pytester: pytest.Pytester) -> str:
+    """aiosqlite, and a real PostgreSQL through each async driver users have: asyncpg and
+    psycopg 3 (for the tests where the driver's own behaviour matters)."""
+    if request.param == "aiosqlite":
+        return f"sqlite+aiosqlite:///{pytester.path / 'test.db'}"
+    url: str = request.getfixturevalue("postgres_url")
+    return url if request.param == "asyncpg" else url.replace("+asyncpg", "+psycopg")
+
+
 @pytest.fixture(params=["aiosqlite", "postgresql"])
 def db_url(request: pytest.FixtureRequest, pytester: pytest.Pytester) -> str:
     """Each SQLAlchemy test runs on embedded aiosqlite and on a real PostgreSQL via asyncpg."""

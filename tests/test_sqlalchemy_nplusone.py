@@ -176,3 +176,48 @@ def test_schema_checks_and_core_work_are_not_counted(
     write_ini(pytester, "auto", "loop_guard_sqlalchemy = true\nloop_sqlalchemy_nplusone = 2")
     result = run_sa(pytester)
     assert_counted_only_the_canary(result, passed=1)
+
+
+WRITES = """
+
+async def test_get_and_update_in_a_loop(many):
+    async with many() as session:
+        for i in range(102, 130):
+            post = await session.get(Post, i)
+            post.title = post.title + "!"  # autoflush: an UPDATE before the next SELECT
+
+
+async def test_awaitable_attrs_while_changing_the_parents(many):
+    async with many() as session:
+        users = (await session.execute(select(User).where(User.id < 30))).scalars().all()
+        for user in users:
+            await user.awaitable_attrs.posts
+            user.name = user.name + "!"
+
+
+async def test_flush_between_the_reads(many):
+    async with many() as session:
+        for i in range(102, 130):
+            post = await session.get(Post, i)
+            post.title = "x"
+            await session.flush()
+"""
+
+
+def test_nplusone_with_writes_between_the_reads(pytester: pytest.Pytester, sa_project: str) -> None:
+    """The same SELECT from one line is an N+1 whatever the loop writes between: autoflush's
+    UPDATEs, an explicit flush. (It was read as "different statements" and never counted.)"""
+    pytester.makepyfile(test_writes=LOOPS.split("\n\nasync def test_awaitable")[0] + WRITES)
+    write_ini(pytester, "auto", "loop_guard_sqlalchemy = true")
+    result = run_sa(pytester)
+    result.assert_outcomes(passed=3, warnings=3)
+    result.stdout.fnmatch_lines(
+        [
+            "*N+1 queries: the same SELECT ran 28 times from test_writes.py:* in "
+            "test_get_and_update_in_a_loop (loads of Post)*",
+            "*N+1 queries: the same SELECT ran 29 times from test_writes.py:* in "
+            "test_awaitable_attrs_while_changing_the_parents (lazy loads of User.posts)*",
+            "*N+1 queries: the same SELECT ran 28 times from test_writes.py:* in "
+            "test_flush_between_the_reads (loads of Post)*",
+        ]
+    )

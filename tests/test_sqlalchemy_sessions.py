@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from conftest import SA_CANARY, assert_guarded, run_sa
+from conftest import SA_CANARY, assert_guarded, run, run_sa
 
 pytest.importorskip("sqlalchemy.ext.asyncio")
 
@@ -287,18 +287,124 @@ def test_the_guard_leaves_nothing_behind() -> None:
     """No listener, and not the wrapper that notes where sessions are made, outlives a guard."""
     from sqlalchemy import event
     from sqlalchemy.engine import Engine
-    from sqlalchemy.ext.asyncio import AsyncSession
+    from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
     from sqlalchemy.orm import Session
     from sqlalchemy.pool import Pool
 
     from pytest_loopguard.sqlalchemy import SQLAlchemyGuard
 
-    before = AsyncSession.__dict__["__init__"]
+    before = AsyncSession.__dict__["__init__"], AsyncConnection.__dict__["__init__"]
     guard = SQLAlchemyGuard(nplusone=10)
     with guard:
-        assert AsyncSession.__dict__["__init__"] is not before
+        assert AsyncSession.__dict__["__init__"] is not before[0]
+        assert AsyncConnection.__dict__["__init__"] is not before[1]
         listeners = list(guard._listeners)
         assert all(event.contains(target, name, fn) for target, name, fn in listeners)
-    assert AsyncSession.__dict__["__init__"] is before
+    assert (AsyncSession.__dict__["__init__"], AsyncConnection.__dict__["__init__"]) == before
     assert not any(event.contains(target, name, fn) for target, name, fn in listeners)
     assert {target for target, _, _ in listeners} == {Session, Engine, Pool}
+
+
+WIDER_SCOPES = """
+import pytest
+import pytest_asyncio
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import async_sessionmaker, create_async_engine
+from conftest import DB_URL
+
+
+def _fixture(scope):
+    @pytest_asyncio.fixture(scope=scope, loop_scope=scope)
+    async def made_before_the_test():
+        engine = create_async_engine(DB_URL)
+        session = async_sessionmaker(engine)()  # takes its connection in the first test
+        connection = engine.connect()  # likewise (started by the first test)
+        yield session, connection
+        await connection.close()
+        await session.close()
+        await engine.dispose()
+
+    return made_before_the_test
+
+
+module_made = _fixture("module")
+package_made = _fixture("package")
+session_made = _fixture("session")
+
+
+async def use(made):
+    session, connection = made
+    assert (await session.execute(text("select 1"))).scalar() == 1
+    if connection.sync_connection is None:
+        await connection.start()
+    assert (await connection.execute(text("select 2"))).scalar() == 2
+
+
+@pytest.mark.asyncio(loop_scope="module")
+async def test_module_first_use(module_made):
+    await use(module_made)
+
+
+@pytest.mark.asyncio(loop_scope="module")
+async def test_module_used_again(module_made):
+    await use(module_made)
+
+
+@pytest.mark.asyncio(loop_scope="package")
+async def test_package_first_use(package_made):
+    await use(package_made)
+
+
+@pytest.mark.asyncio(loop_scope="package")
+async def test_package_used_again(package_made):
+    await use(package_made)
+
+
+@pytest.mark.asyncio(loop_scope="session")
+async def test_session_first_use(session_made):
+    await use(session_made)
+
+
+@pytest.mark.asyncio(loop_scope="session")
+async def test_session_used_again(session_made):
+    await use(session_made)
+
+
+@pytest.fixture
+async def leaky():
+    engine = create_async_engine(DB_URL)
+    session = async_sessionmaker(engine)()
+    await session.execute(text("select 1"))
+    yield session  # never closed: this test's leak
+
+
+async def test_a_function_fixture_that_leaks(leaky):
+    pass
+"""
+
+
+def test_wider_scoped_sessions_are_not_the_test_s_and_stay_open(
+    pytester: pytest.Pytester, any_driver_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A session or connection made by a module-, package- or session-scoped fixture and first
+    used inside a test is that fixture's: never reported, never closed, so the next test that
+    uses it passes too. One a function-scoped fixture leaks is still the test's."""
+    from sa_src import CONFTEST
+
+    monkeypatch.setenv("LOOPGUARD_TEST_DB_URL", any_driver_url)
+    pytester.makeconftest(CONFTEST)
+    pytester.makepyfile(test_wider=WIDER_SCOPES)
+    _ini(pytester)
+    # In a process of its own: the leaked psycopg connection, closed for the next test with no
+    # loop to await its close on, warns when collected, wherever that happens.
+    result = run(pytester, subprocess=True)
+    result.assert_outcomes(passed=7, errors=1)
+    result.stdout.fnmatch_lines(
+        [
+            "*ERROR at teardown of test_a_function_fixture_that_leaks*",
+            "1 database connection(s) taken by this test and never given back:",
+            "  an AsyncSession created at test_wider.py:68 in leaky took a connection at "
+            "test_wider.py:69 in leaky",
+        ]
+    )
+    result.stdout.no_fnmatch_line("*never given back*used_again*")

@@ -34,7 +34,7 @@ from ._sqlalchemy.sessions import (
     ConcurrentSessionError,
     SessionOwners,
     leak_message,
-    watch_sessions,
+    watch_made,
 )
 from ._sqlalchemy.strict import DetachedAccessError, StrictSessionFactory
 
@@ -177,7 +177,16 @@ class SQLAlchemyGuard:
             for target, name, fn in added:
                 event.remove(target, name, fn)
             raise
-        self._unwatch = watch_sessions(self._checkouts.on_session)
+        from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
+
+        stops = [watch_made(AsyncSession, self._checkouts.on_session)]
+        stops.append(watch_made(AsyncConnection, self._checkouts.on_connection))
+
+        def unwatch() -> None:
+            for stop in reversed(stops):
+                stop()
+
+        self._unwatch = unwatch
         return self
 
     def __exit__(self, *exc: object) -> None:

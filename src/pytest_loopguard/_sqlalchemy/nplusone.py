@@ -8,7 +8,9 @@ checks of ``metadata.create_all``, is not counted).
 ``do_orm_execute``, just before it in the same greenlet, says what the ORM was doing: a lazy
 load of ``User.posts``, a ``get`` of ``Post``, or an eager loader's batched follow-up query
 (selectinload sends one per 500 parents, by design: never counted). Only SELECTs count, and
-only single executions: a flush's INSERTs, and ``executemany``, are not N+1.
+only single executions: a flush's INSERTs, and ``executemany``, are not N+1. What runs between
+an ORM SELECT's ``do_orm_execute`` and its cursor — autoflush's UPDATEs and INSERTs — neither
+counts nor hides the SELECT: ``for id in ids: (await session.get(P, id)).stock += 1`` is an N+1.
 """
 
 from __future__ import annotations
@@ -67,18 +69,22 @@ class QueryCounter:
         self._user = FrameFilter()
 
     def orm(self, state: Any) -> None:
-        """``do_orm_execute``, in the greenlet that sends the statement next."""
-        self._pending[getcurrent()] = state
+        """``do_orm_execute`` of a SELECT, in the greenlet that sends it: an autoflush may
+        send UPDATEs and INSERTs before it (they leave it pending)."""
+        if state.is_select:
+            self._pending[getcurrent()] = state
 
     def cursor(
         self, conn: Any, cursor: Any, statement: str, parameters: Any, context: Any, many: bool
     ) -> None:
         """``before_cursor_execute``: count a SELECT against the line that ran it."""
+        if many or statement.lstrip()[:6].upper() != "SELECT":
+            return  # a flush's writes: not counted, and the ORM SELECT after them still is
         greenlet = getcurrent()
         state = self._pending.pop(greenlet, None)
         # Only what an ORM session sends: schema checks (``metadata.create_all`` asks once per
         # table), migrations and other Core work on a connection are not an N+1.
-        if state is None or many or not statement.lstrip().upper().startswith("SELECT"):
+        if state is None:
             return
         user = self._user_frame(greenlet)
         if user is None:

@@ -7,9 +7,12 @@ greenlet lives while the operation awaits its driver. So at the start of any ope
 still in flight exactly when its greenlet is alive — and if another task started it, two tasks
 share the session. Decided at the second task's call, whatever the timing of the I/O.
 
-*Leaks.* The pool's ``checkout`` and ``checkin`` events: every connection taken while the guard
-is active and not given back by its end is a leak, also one the garbage collector reclaimed
-meanwhile (the pool then detaches it without a checkin).
+*Leaks.* The pool's ``checkout`` and ``checkin`` events: a connection taken while the guard is
+active, by an AsyncSession or AsyncConnection made while it was active, and not given back by
+its end is a leak, also one the garbage collector reclaimed meanwhile (the pool then detaches it
+without a checkin). A session or connection made before — by a fixture of wider scope, at
+import, by an app's lifespan — is not the test's, whenever it first takes a connection: it is
+neither reported nor closed.
 """
 
 from __future__ import annotations
@@ -169,27 +172,47 @@ class Checkouts:
 
     def __init__(self) -> None:
         self.open: dict[int, Checkout] = {}  # by id of the pool's connection record
-        self.created: weakref.WeakKeyDictionary[Any, RawFrame] = weakref.WeakKeyDictionary()
+        # The sync Sessions of the AsyncSessions made while active, and where each was made.
+        self.created: weakref.WeakKeyDictionary[Any, RawFrame | None] = weakref.WeakKeyDictionary()
+        # The AsyncConnections made while active, by id: not a WeakSet, whose lookups compare
+        # with ``==``, which an AsyncConnection not yet started answers by raising.
+        self.connections: dict[int, weakref.ref[Any]] = {}
         self._user = FrameFilter()
 
     def on_session(self, session: Any) -> None:
-        """An AsyncSession was just made (see ``watch_sessions``): note the user's line."""
+        """An AsyncSession was just made (see ``watch_made``): the test's; note the line."""
         user = self._first_user(sys._getframe(2), None)
-        if user is not None:
-            self.created[session.sync_session] = raw(user, user.f_lineno or 0)
+        self.created[session.sync_session] = None if user is None else raw(user, user.f_lineno or 0)
+
+    def on_connection(self, connection: Any) -> None:
+        """An AsyncConnection was just made (see ``watch_made``): the test's."""
+        key, known = id(connection), self.connections
+
+        def forget(_: weakref.ref[Any]) -> None:
+            known.pop(key, None)
+
+        known[key] = weakref.ref(connection, forget)
 
     def on_checkout(self, dbapi_connection: Any, record: Any, proxy: Any) -> None:
         # Once per checkout (per session or connection, not per query): the frames up to the
         # first user one, kept raw, and the session taking it (a SessionTransaction's).
         if id(record) in self.open:
             return
-        session, user = None, None
+        session, connection, user = None, None, None
         for frame in walk(sys._getframe(1), getcurrent()):
             if self._user.is_user(frame):
                 user = raw(frame, frame.f_lineno or 0)
                 break
             if session is None and frame.f_code.co_name == "_connection_for_bind":
                 session = getattr(frame.f_locals.get("self"), "session", None)
+            elif connection is None and frame.f_code.co_name == "start":
+                connection = _async_connection(frame.f_locals.get("self"))
+        # Whose is it? A session or connection made before the guard began (a wider fixture's,
+        # the app's) is not the test's, whenever it first checks out: never reported or closed.
+        if session is not None and session not in self.created:
+            return
+        if session is None and connection is not None and id(connection) not in self.connections:
+            return
         by = "AsyncConnection" if session is None else "AsyncSession"
         made = None if session is None else self.created.get(session)
         self.open[id(record)] = Checkout(user, by, weakref.ref(record), made)
@@ -201,23 +224,27 @@ class Checkouts:
         self.open.pop(id(record), None)
 
 
-def watch_sessions(created: Callable[[Any], None]) -> Callable[[], None]:
-    """Tell ``created`` of every AsyncSession made from now on; returns how to stop. (A
-    wrapper of ``AsyncSession.__init__``: SQLAlchemy has no event for a session's creation.)"""
-    from sqlalchemy.ext.asyncio import AsyncSession
+def _async_connection(candidate: Any) -> Any:
+    from sqlalchemy.ext.asyncio import AsyncConnection
 
-    original = AsyncSession.__init__
+    return candidate if isinstance(candidate, AsyncConnection) else None
 
-    def __init__(session: Any, *args: Any, **kwargs: Any) -> None:
-        original(session, *args, **kwargs)
-        created(session)
+
+def watch_made(cls: type, made: Callable[[Any], None]) -> Callable[[], None]:
+    """Tell ``made`` of every ``cls`` (AsyncSession, AsyncConnection) made from now on;
+    returns how to stop. (A wrapper of ``cls.__init__``: SQLAlchemy has no event for it.)"""
+    original = cls.__init__  # type: ignore[misc]
+
+    def __init__(self: Any, *args: Any, **kwargs: Any) -> None:
+        original(self, *args, **kwargs)
+        made(self)
 
     __init__.__wrapped__ = original  # type: ignore[attr-defined]
-    AsyncSession.__init__ = __init__  # type: ignore[method-assign,assignment]
+    cls.__init__ = __init__  # type: ignore[misc]
 
     def stop() -> None:
-        if AsyncSession.__dict__.get("__init__") is __init__:  # else theirs stays
-            AsyncSession.__init__ = original  # type: ignore[method-assign]
+        if cls.__dict__.get("__init__") is __init__:  # else theirs stays
+            cls.__init__ = original  # type: ignore[misc]
 
     return stop
 
