@@ -147,6 +147,7 @@ class Checkout:
     by: str  # "AsyncSession" or "AsyncConnection"
     entry: Any  # a weak reference to the pool's ``ConnectionPoolEntry``
     created: RawFrame | None = None  # where the AsyncSession was made, when it was one
+    session: int | None = None  # id of that session's sync Session
 
     @property
     def where(self) -> FrameInfo | None:
@@ -215,7 +216,8 @@ class Checkouts:
             return
         by = "AsyncConnection" if session is None else "AsyncSession"
         made = None if session is None else self.created.get(session)
-        self.open[id(record)] = Checkout(user, by, weakref.ref(record), made)
+        owner = None if session is None else id(session)
+        self.open[id(record)] = Checkout(user, by, weakref.ref(record), made, owner)
 
     def _first_user(self, top: FrameType | None, greenlet: Any) -> FrameType | None:
         return next((f for f in walk(top, greenlet) if self._user.is_user(f)), None)
