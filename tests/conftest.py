@@ -52,7 +52,10 @@ pytest_plugins = ["pytester"]
 # sessions use here, before any snapshot, keeps one copy of each for the whole run.
 
 ASYNCIO = ("-p", "pytest_loopguard", "-p", "asyncio")
-SUBPROCESS_TIMEOUT = 300  # seconds; the slowest inner session takes about 20
+SUBPROCESS_TIMEOUT = 180  # seconds; the slowest inner session takes about 20
+# An inner test still running after this long dumps every thread's stack to its stderr, which
+# the timeout's failure shows: a hang seen once in CI is then diagnosed from its log.
+HANG_DUMP_AFTER = 60
 INI = """
 [pytest]
 asyncio_mode = {mode}
@@ -96,12 +99,26 @@ def run(
     if not (pytester.path / "pytest.ini").exists():
         write_ini(pytester, mode, extra)
     if subprocess:
-        # A bound: an inner session that never ends fails its test, not the whole CI job.
-        return pytester.runpytest_subprocess(*ASYNCIO, *args, timeout=SUBPROCESS_TIMEOUT)
+        return _run_subprocess(pytester, *ASYNCIO, *args)
     with warnings.catch_warnings():
         # As in a user's own process: this session's filterwarnings = error is not the inner's.
         warnings.resetwarnings()
         return pytester.runpytest(*ASYNCIO, *args)
+
+
+def _run_subprocess(pytester: pytest.Pytester, *args: str) -> pytest.RunResult:
+    """A bound: an inner session that never ends fails its test, not the whole CI job — with
+    what it printed, faulthandler's stacks included."""
+    dump = f"faulthandler_timeout={HANG_DUMP_AFTER}"
+    try:
+        return pytester.runpytest_subprocess("-o", dump, *args, timeout=SUBPROCESS_TIMEOUT)
+    except pytester.TimeoutExpired as exc:
+        printed = [
+            f"--- inner {name} ---\n{(pytester.path / name).read_text(errors='replace')}"
+            for name in ("stdout", "stderr")
+            if (pytester.path / name).exists()
+        ]
+        raise pytester.TimeoutExpired("\n".join([str(exc), *printed])) from None
 
 
 # Appended to a clean case's test file: an allowed block in the same inner run proves the watcher

@@ -469,3 +469,63 @@ def test_gathered_service_calls_fail_the_same_way_every_time(
             "at test_gathered.py:1[03] in * was still in flight*"
         ]
     )
+
+
+LOCK_HOLDER = """
+import pytest
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import create_async_engine
+from conftest import DB_URL, Base, User
+
+KEPT = []  # the leaked session stays reachable: no garbage collector comes to the rescue
+
+
+@pytest.fixture
+async def engine():
+    # As the shared conftest's, with a bound on the wait for the leaked transaction's locks:
+    # without the guard's close, this test's DROP would wait for them till the process ends.
+    engine = create_async_engine(DB_URL)
+    async with engine.begin() as conn:
+        if engine.dialect.name == "postgresql":
+            await conn.execute(text("SET LOCAL lock_timeout = '20s'"))
+        await conn.run_sync(Base.metadata.drop_all)
+        await conn.run_sync(Base.metadata.create_all)
+    yield engine
+    await engine.dispose()
+
+
+async def test_leaves_a_reader_open(sessionmaker):
+    session = sessionmaker()
+    KEPT.append(session)
+    assert (await session.get(User, 1)).name == "ada"  # a transaction holding a read lock
+
+
+async def test_next_one_drops_the_tables(sessionmaker):
+    async with sessionmaker() as session:
+        assert (await session.get(User, 1)).name == "ada"
+"""
+
+
+def test_a_leaked_transaction_s_locks_are_released_for_the_next_test(
+    pytester: pytest.Pytester, any_driver_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The leak is ended on the server when its test ends, though its loop is closed by then
+    and the session is still referenced: the next test's DDL does not wait for its locks."""
+    from sa_src import CONFTEST
+
+    monkeypatch.setenv("LOOPGUARD_TEST_DB_URL", any_driver_url)
+    pytester.makeconftest(CONFTEST)
+    pytester.makepyfile(test_locks=LOCK_HOLDER)
+    _ini(pytester)
+    result = run(pytester, subprocess=True)
+    result.assert_outcomes(passed=2, errors=1)
+    result.stdout.fnmatch_lines(
+        [
+            "*ERROR at teardown of test_leaves_a_reader_open*",
+            "1 database connection(s) taken by this test and never given back:",
+            "  an AsyncSession created at test_locks.py:24 in test_leaves_a_reader_open took a "
+            "connection at test_locks.py:26 in test_leaves_a_reader_open",
+        ]
+    )
+    result.stdout.no_fnmatch_line("*lock timeout*")
+    result.stdout.no_fnmatch_line("*database is locked*")

@@ -148,6 +148,7 @@ class Checkout:
     entry: Any  # a weak reference to the pool's ``ConnectionPoolEntry``
     created: RawFrame | None = None  # where the AsyncSession was made, when it was one
     session: int | None = None  # id of that session's sync Session
+    loop: Any = None  # the event loop it was taken on (None: a sync engine's)
 
     @property
     def where(self) -> FrameInfo | None:
@@ -158,13 +159,27 @@ class Checkout:
         return None if self.created is None else resolve(self.created)
 
     def close(self) -> None:
-        """Close the leaked connection: on PostgreSQL it may hold locks in an open
-        transaction, and the next test's DDL would wait for them forever."""
+        """End the leaked connection: on PostgreSQL it may hold locks in an open transaction,
+        and the next test's DDL would wait for them until the garbage collector happened to
+        collect it."""
         entry = self.entry()
-        # Already gone with its loop, say: then it holds nothing either.
+        if entry is None:
+            return
+        if self.loop is not None:
+            _hang_up(entry.driver_connection)
+        with suppress(Exception):  # already gone with its loop, say: it holds nothing either
+            entry.invalidate()
+
+
+def _hang_up(driver: Any) -> None:
+    """End an async driver's server session without its event loop, which pytest-asyncio has
+    usually closed by the time a test's guard ends. SQLAlchemy's terminate needs the loop for
+    psycopg (asyncpg's writes its goodbye at once, aiosqlite's stops its thread), so psycopg's is
+    ended here, synchronously: libpq's ``finish``."""
+    pgconn = getattr(driver, "pgconn", None)
+    if pgconn is not None:
         with suppress(Exception):
-            if entry is not None:
-                entry.invalidate()
+            pgconn.finish()
 
 
 class Checkouts:
@@ -217,7 +232,8 @@ class Checkouts:
         by = "AsyncConnection" if session is None else "AsyncSession"
         made = None if session is None else self.created.get(session)
         owner = None if session is None else id(session)
-        self.open[id(record)] = Checkout(user, by, weakref.ref(record), made, owner)
+        loop = asyncio._get_running_loop()
+        self.open[id(record)] = Checkout(user, by, weakref.ref(record), made, owner, loop)
 
     def _first_user(self, top: FrameType | None, greenlet: Any) -> FrameType | None:
         return next((f for f in walk(top, greenlet) if self._user.is_user(f)), None)
