@@ -22,7 +22,7 @@ from .._base.events import BlockEvent, LoopBlockedError, LoopguardError, LoopHan
 from .._core.guard import LoopGuard
 from . import markers as _markers
 from . import summary as _summary
-from .reprs import failure_repr
+from .reprs import failure_repr, leading
 from .settings import Settings
 from .verdict import NOTHING, Verdict, judge
 
@@ -219,9 +219,8 @@ class Watch:
             run.item.user_properties.extend(_summary.junit_properties(blocks))
             self.collector.add(blocks)
         error = _unwrapped(error)
-        hint = _known_error_hint(error) if report.failed and error is not None else None
-        if hint is not None:
-            report.sections.append(("hint (pytest-loopguard)", hint))
+        if report.failed and error is not None:
+            self._explain(report, error)
         if isinstance(error, LoopHangError):
             error = _report.hang_error(verdict.events, error, root)
         if isinstance(error, LoopguardError):
@@ -232,6 +231,22 @@ class Watch:
                 return
         if verdict.failing and report.failed:
             report.sections.append((_SECTION, _report.render(verdict.failing, root)))
+
+    def _explain(self, report: pytest.TestReport, error: BaseException) -> None:
+        """A known mistake behind the test's own failure: an unloaded ORM attribute that a
+        response model could not read leads the failure; any other, a hint beside it."""
+        from .._base.serialization import unloaded_attribute
+
+        verdict = unloaded_attribute(error, self.root)
+        if verdict is not None:
+            path, lineno, _ = report.location
+            led = leading(report.longrepr, f"pytest-loopguard: {verdict}", path, (lineno or 0) + 1)
+            if led is not None:
+                report.longrepr = led
+                return
+        hint = verdict or _known_error_hint(error)
+        if hint is not None:
+            report.sections.append(("hint (pytest-loopguard)", hint))
 
 
 Call = pytest.CallInfo[None]
