@@ -48,8 +48,11 @@ def _strict_class(cls: type) -> type:
                 raise DetachedAccessError(_detached_message(self, name, user, root))
             return object.__getattribute__(self, name)
 
-        # Not mapped: SQLAlchemy finds the object's state through its instance dict.
-        strict = type(cls.__name__, (cls,), {"__getattribute__": __getattribute__})
+        # Not mapped: SQLAlchemy finds the object's state through its instance dict. Made by
+        # ``type.__new__`` of the model's own metaclass, which does not run that metaclass:
+        # SQLModel's would build a pydantic model of it (and fail on its relationships).
+        namespace = {"__getattribute__": __getattribute__}
+        strict = type.__new__(type(cls), cls.__name__, (cls,), namespace)
         strict.__module__ = cls.__module__
         _STRICT_CLASSES[cls] = strict
     return strict
