@@ -1,5 +1,5 @@
-"""Every SQLAlchemy guard on SQLModel's AsyncSession (``session.exec(select(...))``), on aiosqlite
-and on a real PostgreSQL server through asyncpg and psycopg 3."""
+"""Every SQLAlchemy guard on SQLModel's AsyncSession (``session.exec(select(...))``) and on
+SQLAlchemy's own, on aiosqlite and on a real PostgreSQL server through asyncpg and psycopg 3."""
 
 from __future__ import annotations
 
@@ -13,11 +13,19 @@ CONFTEST = """import os
 
 import pytest
 from sqlalchemy.ext.asyncio import create_async_engine
+from sqlalchemy.ext.asyncio import AsyncSession as PlainAsyncSession, async_sessionmaker
 from sqlalchemy.orm import sessionmaker as orm_sessionmaker
 from sqlmodel import Field, Relationship, SQLModel
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 DB_URL = os.environ["LOOPGUARD_TEST_DB_URL"]
+
+
+class OwnAsyncSession(PlainAsyncSession):
+    # SQLAlchemy's own AsyncSession, with the one method these tests call SQLModel's way.
+
+    async def exec(self, statement):
+        return (await self.execute(statement)).scalars()
 
 
 class Team(SQLModel, table=True):
@@ -47,7 +55,10 @@ async def engine():
 
 @pytest.fixture
 async def sessionmaker(engine):
-    factory = orm_sessionmaker(engine, class_=AsyncSession)
+    if os.environ["LOOPGUARD_TEST_SESSION"] == "sqlmodel":
+        factory = orm_sessionmaker(engine, class_=AsyncSession)
+    else:
+        factory = async_sessionmaker(engine, class_=OwnAsyncSession)
     async with factory() as session:
         team = Team(name="avengers")
         session.add_all([Hero(name=f"hero{i}", team=team) for i in range(12)])
@@ -128,10 +139,13 @@ def _line(text: str) -> int:
     return TESTS.strip().splitlines().index(text) + 1
 
 
-def test_every_guard_on_sqlmodel(
-    pytester: pytest.Pytester, any_driver_url: str, monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize("session", ["sqlmodel", "sqlalchemy"])
+def test_every_guard_on_each_driver(
+    pytester: pytest.Pytester, any_driver_url: str, session: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """Each guard on SQLModel's AsyncSession and on SQLAlchemy's, through each driver."""
     monkeypatch.setenv("LOOPGUARD_TEST_DB_URL", any_driver_url)
+    monkeypatch.setenv("LOOPGUARD_TEST_SESSION", session)
     pytester.makeconftest(CONFTEST)
     pytester.makepyfile(test_sqlmodel=TESTS)
     # In a process of its own, as every inner SQLAlchemy session (see conftest.run_sa).
@@ -160,8 +174,8 @@ def test_every_guard_on_sqlmodel(
             "1 database connection(s) taken by this test and never given back:",
         ]
     )
-    result.stdout.fnmatch_lines(
-        [f"*N+1 queries: the same SELECT ran 12 times from test_sqlmodel.py:{loop}*"]
-    )
+    # With the plain session's ``exec`` in conftest.py, that is the innermost user line.
+    where = f"test_sqlmodel.py:{loop}" if session == "sqlmodel" else "conftest.py:* in exec"
+    result.stdout.fnmatch_lines([f"*N+1 queries: the same SELECT ran 12 times from {where} *"])
     result.stdout.no_fnmatch_line("*test_clean*FAILED*")
     result.stdout.no_fnmatch_line("*PydanticSchemaGenerationError*")
