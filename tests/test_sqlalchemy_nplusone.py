@@ -204,9 +204,16 @@ async def test_flush_between_the_reads(many):
 """
 
 
-def test_nplusone_with_writes_between_the_reads(pytester: pytest.Pytester, sa_project: str) -> None:
+def test_nplusone_with_writes_between_the_reads(
+    pytester: pytest.Pytester, any_driver_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """The same SELECT from one line is an N+1 whatever the loop writes between: autoflush's
-    UPDATEs, an explicit flush. (It was read as "different statements" and never counted.)"""
+    UPDATEs, an explicit flush. (It was read as "different statements" and never counted.) On
+    aiosqlite, asyncpg and psycopg."""
+    from sa_src import CONFTEST
+
+    monkeypatch.setenv("LOOPGUARD_TEST_DB_URL", any_driver_url)
+    pytester.makeconftest(CONFTEST)
     pytester.makepyfile(test_writes=LOOPS.split("\n\nasync def test_awaitable")[0] + WRITES)
     write_ini(pytester, "auto", "loop_guard_sqlalchemy = true")
     result = run_sa(pytester)
