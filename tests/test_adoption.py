@@ -48,6 +48,32 @@ def test_warn_mode_keeps_outcomes_and_warns_at_the_line(
     )
 
 
+def test_warn_mode_keeps_every_outcome_when_warnings_are_errors(pytester: pytest.Pytester) -> None:
+    """``filterwarnings = error`` (FastAPI's, Litestar's, httpx's) must not turn a warned block
+    into a failure: the warning still reaches the summary, at the user's line, with no
+    traceback of ours; the JSON report agrees."""
+    pytester.makepyfile(test_suite=SUITE)
+    pytester.makefile(
+        ".ini",
+        pytest="[pytest]\nasyncio_mode = auto\nasyncio_default_fixture_loop_scope = function\n"
+        "filterwarnings =\n    error\n    ignore::pytest.PytestAssertRewriteWarning\n"
+        "loop_block_mode = warn\nloop_block_report = blocks.json\n",
+    )
+    result = pytester.runpytest_subprocess(*ASYNCIO)
+    result.assert_outcomes(passed=4, warnings=2)
+    result.stdout.fnmatch_lines(
+        [
+            "*warnings summary*",
+            "test_suite.py::test_blocks_long",
+            "  test_suite.py:4: PytestWarning: event loop blocked for * s (threshold 0.10 s) "
+            "at test_suite.py:4 in test_blocks_long",
+        ]
+    )
+    result.stdout.no_fnmatch_line("*phases.py*")
+    verdicts = [block["verdict"] for block in _report(pytester.path / "blocks.json")["blocks"]]  # type: ignore[index]
+    assert sorted(verdicts) == ["allowed", "warned", "warned"]
+
+
 @pytest.mark.parametrize(
     ("source", "args", "extra"),
     [
@@ -165,7 +191,13 @@ def test_xdist_run_equals_serial_run(pytester: pytest.Pytester) -> None:
     pytester.makepyfile(test_suite=SUITE, test_more=SUITE.replace("0.35", "0.25"))
     write_ini(pytester)
     runs = {}
-    for name, extra in (("serial", []), ("xdist", ["-p", "xdist", "-n", "2"])):
+    # ``--dist`` with no ``-n`` (Litestar's addopts) runs serially: every block counted once.
+    variants = {
+        "serial": [],
+        "xdist": ["-p", "xdist", "-n", "2"],
+        "dist-only": ["-p", "xdist", "--dist=loadgroup"],
+    }
+    for name, extra in variants.items():
         result = pytester.runpytest_subprocess(
             *ASYNCIO, "--asyncio-mode=auto", f"--loop-block-report={name}.json", *extra
         )
@@ -173,9 +205,10 @@ def test_xdist_run_equals_serial_run(pytester: pytest.Pytester) -> None:
         summary = [line for line in result.outlines if " s  test_" in line]
         runs[name] = (sorted(s.split(" s  ", 1)[1] for s in summary), result.outlines)
         result.stdout.fnmatch_lines(["4 block(s) in 4 test(s); 2 allowed block(s) not counted"])
-    assert runs["serial"][0] == runs["xdist"][0]
+    assert runs["serial"][0] == runs["xdist"][0] == runs["dist-only"][0]
     serial = _comparable(_report(pytester.path / "serial.json"))
     assert serial == _comparable(_report(pytester.path / "xdist.json"))
+    assert serial == _comparable(_report(pytester.path / "dist-only.json"))
     assert len(serial) == 6
 
 

@@ -80,3 +80,63 @@ def test_the_sync_test_client_in_an_async_test(pytester: pytest.Pytester) -> Non
             "runs — use `httpx.AsyncClient(transport=httpx.ASGITransport(app=app))` in async tests",
         ]
     )
+
+
+LITESTAR = """
+import asyncio
+
+import httpx
+from litestar import Litestar, get
+from litestar.testing import AsyncTestClient, TestClient
+
+
+@get("/")
+async def index() -> dict[str, str]:
+    await asyncio.sleep(0.3)
+    return {"ok": "yes"}
+
+
+app = Litestar([index])
+
+
+async def test_sync_client():
+    with TestClient(app=app) as client:
+        assert client.get("/").status_code == 200
+
+
+async def test_async_client():
+    async with AsyncTestClient(app=app) as client:
+        assert (await client.get("/")).status_code == 200
+
+
+async def test_the_fix():
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://app") as client:
+        assert (await client.get("/")).status_code == 200
+"""
+
+
+def test_litestar_s_test_clients_name_themselves_and_the_fix(pytester: pytest.Pytester) -> None:
+    """Both of Litestar's clients hold the test's loop for a whole request (a blocking portal):
+    each gets a hint naming it; the fix runs the same app on the loop and passes."""
+    pytest.importorskip("litestar")
+    pytester.makepyfile(test_litestar=LITESTAR)
+    result = run(pytester, subprocess=True)
+    result.assert_outcomes(failed=2, passed=1)
+    result.stdout.fnmatch_lines(
+        [
+            blocked("test_litestar.py:19 in test_sync_client"),
+            "fix: Litestar's sync `TestClient` inside an `async def` test blocks this loop while "
+            "the app runs — use `httpx.AsyncClient(transport=httpx.ASGITransport(app=app))` in "
+            "async tests (Litestar's `AsyncTestClient` blocks it too*",
+        ]
+    )
+    result.stdout.fnmatch_lines(
+        [
+            blocked("test_litestar.py:24 in test_async_client"),
+            "fix: Litestar's `AsyncTestClient` runs each request through a blocking portal in "
+            "another thread: it holds the test's loop for the whole request — use "
+            "`httpx.AsyncClient(transport=httpx.ASGITransport(app=app))`: the app then runs on "
+            "the test's own loop",
+        ]
+    )

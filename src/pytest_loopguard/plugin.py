@@ -7,7 +7,6 @@ engine is leased once for the session, and every text comes from ``_report``.
 from __future__ import annotations
 
 import argparse
-import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -22,7 +21,7 @@ from ._plugin import markers as _markers
 from ._plugin import settings as _settings
 from ._plugin import summary as _summary
 from ._plugin.options import MARKERS, OPTIONS
-from ._plugin.phases import ITEM_SETTINGS, TestRun, Watch
+from ._plugin.phases import ITEM_SETTINGS, TestRun, Watch, warn_never_raise
 from ._plugin.settings import SETTINGS_KEY, Settings
 
 _WATCH = pytest.StashKey[Watch]()
@@ -223,7 +222,7 @@ def _nplusone(guards: Any, guard: Any, root: str, strict: bool) -> list[str]:
             failures.append(text)
         else:  # at the line, so that pytest's warnings summary points at it
             where = found.where
-            warnings.warn_explicit(pytest.PytestWarning(text), None, where.filename, where.lineno)
+            warn_never_raise(pytest.PytestWarning(text), where.filename, where.lineno)
     return failures
 
 

@@ -107,3 +107,14 @@ def test_the_github_annotation_escapes_what_workflow_commands_need() -> None:
     )
     odd = {**BLOCK, "verdict": "warned", "location": {**BLOCK["location"], "file": "a,b:c.py"}}
     assert annotation(odd).startswith("::warning file=a%2Cb%3Ac.py,line=42,")
+
+
+def test_a_duration_just_past_the_threshold_reads_as_more() -> None:
+    from pytest_loopguard._base.report import over
+
+    assert over(0.35, 0.1) == "0.35 s (threshold 0.10 s)"
+    assert over(0.1004, 0.1) == "0.1004 s (threshold 0.1000 s)"
+    assert over(0.1031, 0.1) == "0.103 s (threshold 0.100 s)"
+    assert over(0.1049, 0.1) == "0.105 s (threshold 0.100 s)"
+    headline_text = headline(replace(EVENT, duration=0.1004, threshold=0.1), ROOT)
+    assert headline_text.startswith("event loop blocked for 0.1004 s (threshold 0.1000 s)")

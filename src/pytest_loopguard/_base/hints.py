@@ -69,6 +69,20 @@ TESTCLIENT = Hint(
     "use `httpx.AsyncClient(transport=httpx.ASGITransport(app=app))` in async tests",
 )
 
+_ASGI_CLIENT = "`httpx.AsyncClient(transport=httpx.ASGITransport(app=app))`"
+LITESTAR_SYNC = Hint(
+    "testclient",
+    "Litestar's sync `TestClient` inside an `async def` test blocks this loop while the app runs",
+    f"use {_ASGI_CLIENT} in async tests (Litestar's `AsyncTestClient` blocks it too: it runs "
+    "each request through a blocking portal)",
+)
+LITESTAR_ASYNC = Hint(
+    "testclient",
+    "Litestar's `AsyncTestClient` runs each request through a blocking portal in another "
+    "thread: it holds the test's loop for the whole request",
+    f"use {_ASGI_CLIENT}: the app then runs on the test's own loop",
+)
+
 # The first library module the user's code called into decides the hint.
 # Decisive wherever they are among the callees: TestClient's methods are httpx's (the first
 # callee), and only further in does starlette's transport show who is calling.
@@ -167,6 +181,9 @@ def classify(
     for prefix, decisive in _ANYWHERE:
         if any(m == prefix or m.startswith(prefix + ".") for m in callees):
             return decisive
+    if any(m.startswith("litestar.testing.") for m in callees):
+        # Both clients reach the app through the same transport; the line tells them apart.
+        return LITESTAR_ASYNC if "await " in line else LITESTAR_SYNC
     for module in callees:
         hint = for_module(module)
         if hint is not None:

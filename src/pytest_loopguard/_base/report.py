@@ -29,6 +29,16 @@ def relative(filename: str, root: Path | None) -> str:
     return filename if rel.startswith("..") else rel
 
 
+def over(duration: float, threshold: float) -> str:
+    """``0.35 s (threshold 0.10 s)``, with as many digits (two to four) as it takes for the
+    duration to read as more than the threshold: never "0.10 s (threshold 0.10 s)"."""
+    for digits in (2, 3, 4):
+        shown, limit = f"{duration:.{digits}f}", f"{threshold:.{digits}f}"
+        if float(shown) > float(limit):
+            break
+    return f"{shown} s (threshold {limit} s)"
+
+
 def location(frame: FrameInfo | None, root: Path | None) -> str:
     """``file:line in function`` of a frame, relative to ``root``."""
     if frame is None:
@@ -65,7 +75,7 @@ def headline(event: BlockEvent, root: Path | None = None) -> str:
             f"{_during(event)}"
         )
     return (
-        f"event loop blocked for {event.duration:.2f} s (threshold {event.threshold:.2f} s)"
+        f"event loop blocked for {over(event.duration, event.threshold)}"
         f" at {location(event.frame, root)}{_during(event)}"
     )
 
@@ -257,7 +267,7 @@ def annotation(block: Block) -> str:
         what = f"blocking call {block['call']} on the event loop"
     else:
         duration, threshold = float(str(block["duration"])), float(str(block["threshold"]))
-        what = f"event loop blocked for {duration:.2f} s (threshold {threshold:.2f} s)"
+        what = f"event loop blocked for {over(duration, threshold)}"
     text = f"{what} in {block['nodeid']} ({block['phase']})\nfix: {hint['cause']} — {hint['fix']}"
     place = ""
     if isinstance(where, Mapping):

@@ -188,7 +188,7 @@ class Watch:
                 )
 
                 raise _report.blocked_error(verdict.failing, self.root)
-        except Exception:  # ours, or a warning that -W or filterwarnings made an error
+        except Exception:  # ours: the phase fails on it
             call.excinfo = pytest.ExceptionInfo.from_current()
 
     def _back_in_call(self, run: TestRun) -> None:
@@ -203,7 +203,7 @@ class Watch:
 
         for event in _report.worst_first(events):
             text, filename, lineno = _report.warning_text(event, self.root, item.nodeid)
-            warnings.warn_explicit(pytest.PytestWarning(text), None, filename, lineno)
+            warn_never_raise(pytest.PytestWarning(text), filename, lineno)
 
     def _decorate(
         self, report: pytest.TestReport, run: TestRun, call: Call, verdict: Verdict
@@ -286,6 +286,22 @@ class Pending:
             self._plugins.unregister(self)
         if found is not None:
             self._decorate(report, *found)
+
+
+def warn_never_raise(warning: Warning, filename: str, lineno: int) -> None:
+    """Warn at the user's line as the filters say — except that a filter turning it into an
+    error (``filterwarnings = error``, ``-W error``, which well-kept suites set) does not: warn
+    mode promises never to change an outcome, and a raised warning would fail the test (and
+    show our internals as its traceback). Then it is shown as a warning all the same, in
+    pytest's warnings summary; the terminal section and the JSON report have it either way."""
+    try:
+        warnings.warn_explicit(warning, None, filename, lineno)
+    except Warning as raised:
+        if raised is not warning:
+            raise
+        with warnings.catch_warnings():  # pytest's recorder stays; only the filters are ours
+            warnings.simplefilter("always")
+            warnings.warn_explicit(warning, None, filename, lineno)
 
 
 def _unwrapped(error: BaseException | None) -> BaseException | None:

@@ -147,8 +147,11 @@ class Relay:
 
 def distributed(config: pytest.Config) -> bool:
     """Whether this process is the controller of a pytest-xdist run (its workers run the tests)."""
+    # As xdist decides it: a mode and somewhere to run. ``--dist`` alone (in addopts, with no
+    # ``-n``) runs serially, and relaying then counted every block twice.
     dist = getattr(config.option, "dist", "no")
-    return dist != "no" and not hasattr(config, "workerinput")
+    where = getattr(config.option, "tx", None)
+    return dist != "no" and bool(where) and not hasattr(config, "workerinput")
 
 
 class HtmlRows:
