@@ -45,6 +45,7 @@ def pytest_configure(config: pytest.Config) -> None:
     for marker in MARKERS:
         config.addinivalue_line("markers", marker)
     settings = config.stash[SETTINGS_KEY] = _settings.resolve(config)
+    known = _baseline(settings)  # a bad file is a usage error before anything is set up
     collector = _summary.Collector(config, settings)
     config.pluginmanager.register(collector, "loopguard-summary")
     if _summary.distributed(config):
@@ -53,7 +54,29 @@ def pytest_configure(config: pytest.Config) -> None:
         config.pluginmanager.register(_summary.HtmlRows(), "loopguard-html")
     ENGINE.acquire(strict=settings.strict, hang=settings.timeout is not None)
     watch = config.stash[_WATCH] = Watch(config, settings, collector)
+    if known is not None:
+        watch.known = known
+        if not hasattr(config, "workerinput"):  # the controller sees every worker's reports
+            config.pluginmanager.register(_tracker(config, settings, known), "loopguard-baseline")
     config.pluginmanager.register(watch, "loopguard-watch")
+
+
+def _baseline(settings: Settings) -> frozenset[Any] | None:
+    if settings.baseline is None:
+        return None
+    from ._plugin import baseline
+
+    return baseline.load(settings.baseline, settings.baseline_update)
+
+
+def _tracker(config: pytest.Config, settings: Settings, known: frozenset[Any]) -> object:
+    from ._plugin import baseline
+
+    assert settings.baseline is not None
+    update, strict = settings.baseline_update, settings.baseline_strict
+    tracker = baseline.Tracker(settings.baseline, known, update, strict)
+    tracker.rootpath = config.rootpath  # an xdist controller collects nothing, but knows it
+    return tracker
 
 
 @pytest.hookimpl(tryfirst=True)

@@ -242,10 +242,14 @@ def _block_location(block: Block) -> str:
     return f"{where['file']}:{where['line']} in {where['function']}"
 
 
-def summary_lines(blocks: Sequence[Block], allowed: int, shown: int = 10) -> list[str]:
+def summary_lines(
+    blocks: Sequence[Block], allowed: int, shown: int = 10, known: int = 0
+) -> list[str]:
     """The end-of-run section's lines: counts, then the worst ``shown`` blocks."""
     tests = len({b["nodeid"] for b in blocks})
     lines = [f"{len(blocks)} block(s) in {tests} test(s); {allowed} allowed block(s) not counted"]
+    if known:
+        lines[0] += f"; {known} known block(s) in the baseline not counted"
     for block in sorted(blocks, key=lambda b: -float(str(b["duration"])))[:shown]:
         phase = str(block["phase"])
         if block["fixture"]:

@@ -23,7 +23,7 @@ MODE_HELP = (
     "outcome and each block becomes a PytestWarning, for adopting the plugin gradually."
 )
 REPORT_HELP = (
-    "Write every block of the run to this JSON file (schema pytest-loopguard/report, version 3; "
+    "Write every block of the run to this JSON file (schema pytest-loopguard/report, version 4; "
     "see report.schema.json in the package; an empty value on the command line turns it off)."
 )
 ALLOW_HELP = (
@@ -54,6 +54,19 @@ NPLUSONE_HELP = (
     "With the SQLAlchemy guards on: report the same SELECT (same statement, other parameters) "
     "run this many times from one line of a test's code, an N+1 through awaits — a warning at "
     "the line, a failure under loop_block_strict (a whole number >= 2, or 0/off; default 10)."
+)
+BASELINE_HELP = (
+    "A file of known findings: blocks that match an entry are reported as known, never failed; "
+    "new ones fail (or warn) as ever, and entries no finding hit in a run of their test are "
+    "listed as fixed (the file's format and key: docs, CI and reports)."
+)
+BASELINE_UPDATE_HELP = (
+    "Rewrite the loop_baseline file from this run: its findings, plus the entries of tests it "
+    "did not run; every finding of the run counts as known (true/false; default false)."
+)
+BASELINE_STRICT_HELP = (
+    "Fail the run when a loop_baseline entry is fixed (its test ran, nothing hit it), so the "
+    "file can only shrink (true/false; default false)."
 )
 NPLUSONE_MARKER = (
     "allow_nplusone: this test may run the same SELECT many times from one line (pytest-loopguard)."
@@ -112,6 +125,23 @@ OPTIONS = (
         "auto",
         ANNOTATIONS_HELP,
         "auto",
+    ),
+    Option("loop_baseline", "--loop-baseline", "PATH", "string", "", BASELINE_HELP),
+    Option(
+        "loop_baseline_update",
+        "--loop-baseline-update",
+        None,
+        "string",
+        "false",
+        BASELINE_UPDATE_HELP,
+    ),
+    Option(
+        "loop_baseline_strict",
+        "--loop-baseline-strict",
+        None,
+        "string",
+        "false",
+        BASELINE_STRICT_HELP,
     ),
     Option(
         "loop_block_allow",

@@ -22,6 +22,7 @@ from .._base.events import BlockEvent, LoopBlockedError, LoopguardError, LoopHan
 from .._core.guard import LoopGuard
 from . import markers as _markers
 from . import summary as _summary
+from .baseline import Entry, entry_of_event
 from .reprs import failure_repr, leading
 from .settings import Settings
 from .verdict import NOTHING, Verdict, judge
@@ -78,6 +79,7 @@ class Watch:
         self.guard = LoopGuard(s.threshold, debug=s.debug, timeout=s.timeout, strict=s.strict)
         self.current: TestRun | None = None
         self.pending = Pending(config.pluginmanager, self._decorate)
+        self.known: frozenset[Entry] | None = None  # the baseline's entries, when one is set
 
     @pytest.hookimpl(tryfirst=True)
     def pytest_runtest_setup(self, item: pytest.Item) -> None:
@@ -165,8 +167,16 @@ class Watch:
         debugger = "pdb" if run.debugged else _debugger.attached()  # attached mid-session?
         if debugger and not settings.debugger:
             settings = replace(settings, debugger=debugger)
-        verdict = run.verdicts[phase] = judge(mine, settings)
+        verdict = run.verdicts[phase] = judge(mine, settings, self._known_in(run))
         return verdict
+
+    def _known_in(self, run: TestRun) -> Callable[[BlockEvent], bool] | None:
+        known, nodeid, root = self.known, run.item.nodeid, self.root
+        if known is None:
+            return None
+        if self.settings.baseline_update:
+            return lambda event: True  # the run writes the file: nothing of it is new
+        return lambda event: entry_of_event(event, nodeid, root) in known
 
     def _end_phase(self, run: TestRun, call: pytest.CallInfo[None]) -> None:
         """Judge the phase's blocks; when the phase itself passed, fail it (or warn) on them."""

@@ -79,6 +79,9 @@ class Settings:
     annotations: bool | None = None
     # The SQLAlchemy guards report the same SELECT run this many times from one line (None: off).
     nplusone: int | None = 10
+    baseline: str | None = None  # the known findings' file, absolute
+    baseline_update: bool = False
+    baseline_strict: bool = False
 
 
 SETTINGS_KEY = pytest.StashKey[Settings]()
@@ -181,7 +184,20 @@ def resolve(config: pytest.Config) -> Settings:
         nplusone=parse_nplusone(
             config.getini("loop_sqlalchemy_nplusone"), "ini loop_sqlalchemy_nplusone"
         ),
+        baseline=_baseline(config),
+        baseline_update=_flag(config, "loop_baseline_update"),
+        baseline_strict=_flag(config, "loop_baseline_strict"),
     )
+
+
+def _baseline(config: pytest.Config) -> str | None:
+    # Relative to where pytest was started, as the JSON report's path; an empty
+    # --loop-baseline= turns off what the ini set.
+    cli = config.getoption("loop_baseline")
+    raw = cli if cli is not None else config.getini("loop_baseline")
+    if not raw:
+        return None
+    return os.path.abspath(os.path.join(config.invocation_params.dir, str(raw)))
 
 
 def _debugger_of(config: pytest.Config) -> str | None:

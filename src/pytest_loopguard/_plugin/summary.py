@@ -18,7 +18,7 @@ from .settings import Settings
 from .verdict import Verdict
 
 SCHEMA = "pytest-loopguard/report"
-VERSION = 3
+VERSION = 4
 _OTHER_ANNOTATOR = "pytest_github_actions_annotate_failures"
 Block = dict[str, object]
 
@@ -31,7 +31,7 @@ def _frame(frame: FrameInfo, root: Path) -> Block:
 
 
 def as_dicts(verdict: Verdict, nodeid: str, root: Path) -> list[Block]:
-    """A phase's blocks as the summary and the JSON report (schema version 3) describe them."""
+    """A phase's blocks as the summary and the JSON report (schema version 4) describe them."""
     return [_as_dict(e, nodeid, verdict.of(e), root) for e in verdict.events]
 
 
@@ -95,15 +95,17 @@ class Collector:
             from .._base.report import annotation
 
             for block in self.blocks:
-                if block["verdict"] != "allowed":
+                if block["verdict"] in ("failed", "warned"):  # not allowed or known ones
                     terminalreporter.write_line(annotation(block))
         if not self.blocks or self.config.get_verbosity() < -1:
             return  # like pytest's own sections: shown with -q, not with -qq
         from .._base.report import summary_lines
 
-        counted = [b for b in self.blocks if not b["allowed"]]
+        counted = [b for b in self.blocks if b["verdict"] in ("failed", "warned")]
+        known = sum(b["verdict"] == "known" for b in self.blocks)
+        allowed = len(self.blocks) - len(counted) - known
         terminalreporter.write_sep("=", "pytest-loopguard: event loop blocks")
-        for line in summary_lines(counted, len(self.blocks) - len(counted)):
+        for line in summary_lines(counted, allowed, known=known):
             terminalreporter.write_line(line)
 
     def _annotating(self) -> bool:

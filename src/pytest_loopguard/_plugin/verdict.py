@@ -7,7 +7,7 @@ verdict, so they cannot disagree.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from .._base.events import BlockEvent
@@ -22,11 +22,14 @@ class Verdict:
     failing: tuple[BlockEvent, ...] = ()
     warned: tuple[BlockEvent, ...] = ()
     allowed: tuple[BlockEvent, ...] = ()
+    known: tuple[BlockEvent, ...] = ()  # in the baseline: reported, never failed
 
     def of(self, event: BlockEvent) -> str:
-        """``failed``, ``warned`` or ``allowed``: the JSON report's word for one block."""
+        """``failed``, ``warned``, ``allowed`` or ``known``: the JSON report's word for one."""
         if any(event is e for e in self.allowed):
             return "allowed"
+        if any(event is e for e in self.known):
+            return "known"
         return "warned" if any(event is e for e in self.warned) else "failed"
 
 
@@ -41,12 +44,19 @@ def allows(settings: Settings, event: BlockEvent) -> bool:
     return any(rule.matches(*frame) for frame in event.through for rule in settings.allow)
 
 
-def judge(events: Sequence[BlockEvent], settings: Settings) -> Verdict:
-    """The verdict on ``events``, the blocks of one phase, under the test's ``settings``."""
+def judge(
+    events: Sequence[BlockEvent],
+    settings: Settings,
+    known: Callable[[BlockEvent], bool] | None = None,
+) -> Verdict:
+    """The verdict on ``events``, the blocks of one phase, under the test's ``settings``;
+    ``known`` tells the blocks a baseline lists."""
     if not events:
         return NOTHING
     allowed = tuple(e for e in events if allows(settings, e))
     counted = tuple(e for e in events if not any(e is a for a in allowed))
+    listed = () if known is None else tuple(e for e in counted if known(e))
+    counted = tuple(e for e in counted if not any(e is k for k in listed))
     if settings.mode == "warn":
-        return Verdict(tuple(events), warned=counted, allowed=allowed)
-    return Verdict(tuple(events), failing=counted, allowed=allowed)
+        return Verdict(tuple(events), warned=counted, allowed=allowed, known=listed)
+    return Verdict(tuple(events), failing=counted, allowed=allowed, known=listed)

@@ -1,0 +1,214 @@
+"""A baseline of known findings: known ones reported and never failed, new ones failed, fixed
+entries listed (and failed under strict), the file written from a run, entries that survive
+unrelated edits, and every bad input a usage error."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from conftest import ASYNCIO, assert_usage_error, blocked, write_ini
+
+SUITE = """
+import time
+
+
+async def test_a():
+    time.sleep(0.2)
+
+
+async def test_b():
+    time.sleep(0.15)
+
+
+async def test_clean():
+    pass
+"""
+
+
+def _run(pytester: pytest.Pytester, *args: str) -> pytest.RunResult:
+    # In a subprocess: the baseline and the report are files the run writes at its end.
+    return pytester.runpytest_subprocess(*ASYNCIO, "--loop-block-report=blocks.json", *args)
+
+
+def _verdicts(pytester: pytest.Pytester) -> dict[str, str]:
+    document = json.loads((pytester.path / "blocks.json").read_text())
+    assert document["version"] == 4
+    return {block["nodeid"].split("::")[1]: block["verdict"] for block in document["blocks"]}
+
+
+def _entries(path: Path) -> list[str]:
+    return [line for line in path.read_text().splitlines() if not line.startswith("#")]
+
+
+def _baseline(pytester: pytest.Pytester) -> pytest.RunResult:
+    """Write the baseline from the suite as it is: every finding known, nothing fails."""
+    result = _run(pytester, "--loop-baseline=known.txt", "--loop-baseline-update")
+    result.assert_outcomes(passed=3)
+    result.stdout.fnmatch_lines(["pytest-loopguard: baseline */known.txt written: 2 entries"])
+    return result
+
+
+def test_update_writes_a_sorted_readable_file_and_the_next_run_knows_it(
+    pytester: pytest.Pytester,
+) -> None:
+    pytester.makepyfile(test_suite=SUITE)
+    write_ini(pytester, "auto")
+    _baseline(pytester)
+    assert _entries(pytester.path / "known.txt") == [
+        "block\ttest_suite.py::test_a\ttest_suite.py\ttest_a\ttime.sleep(0.2)",
+        "block\ttest_suite.py::test_b\ttest_suite.py\ttest_b\ttime.sleep(0.15)",
+    ]
+    assert not list(pytester.path.glob(".loopguard-baseline-*"))  # written whole, by a rename
+    result = _run(pytester, "--loop-baseline=known.txt")
+    result.assert_outcomes(passed=3)
+    result.stdout.fnmatch_lines(["*; 2 known block(s) in the baseline not counted"])
+    assert _verdicts(pytester) == {"test_a": "known", "test_b": "known"}
+    # The same file, written again from the same run: stable.
+    before = (pytester.path / "known.txt").read_text()
+    _baseline(pytester)
+    assert (pytester.path / "known.txt").read_text() == before
+
+
+def test_new_findings_fail_and_fixed_entries_are_listed(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(test_suite=SUITE)
+    write_ini(pytester, "auto")
+    _baseline(pytester)
+    # test_b no longer blocks; a new test does.
+    pytester.makepyfile(
+        test_suite=SUITE.replace("    time.sleep(0.15)", "    pass")
+        + "\n\nasync def test_new():\n    time.sleep(0.2)\n"
+    )
+    result = _run(pytester, "--loop-baseline=known.txt")
+    result.assert_outcomes(passed=3, failed=1)
+    result.stdout.fnmatch_lines([blocked("test_suite.py:17 in test_new")])
+    result.stdout.fnmatch_lines(
+        [
+            "*pytest-loopguard: baseline entries fixed — remove them*",
+            "test_suite.py::test_b: test_suite.py in test_b: time.sleep(0.15)",
+            "1 entry of */known.txt no finding hit: remove them, or run with "
+            "--loop-baseline-update",
+        ]
+    )
+    assert _verdicts(pytester) == {"test_a": "known", "test_new": "failed"}
+    assert result.ret == pytest.ExitCode.TESTS_FAILED
+
+
+def test_strict_fails_a_run_whose_only_news_is_a_fixed_entry(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(test_suite=SUITE)
+    write_ini(pytester, "auto")
+    _baseline(pytester)
+    pytester.makepyfile(test_suite=SUITE.replace("    time.sleep(0.15)", "    pass"))
+    result = _run(pytester, "--loop-baseline=known.txt")
+    result.assert_outcomes(passed=3)
+    assert result.ret == pytest.ExitCode.OK  # listed, not failed, without strict
+    result = _run(pytester, "--loop-baseline=known.txt", "--loop-baseline-strict")
+    result.assert_outcomes(passed=3)
+    result.stdout.fnmatch_lines(["*(--loop-baseline-strict fails the run on them)"])
+    assert result.ret == pytest.ExitCode.TESTS_FAILED
+
+
+@pytest.mark.parametrize(
+    ("edit", "verdict"),
+    [
+        # A line added above the test, above the blocking call inside it, below it: known.
+        (lambda s: "import os\n" + s, "known"),
+        (lambda s: s.replace("async def test_a():\n", "async def test_a():\n    x = 1\n"), "known"),
+        (lambda s: s.replace("    time.sleep(0.2)\n", "    time.sleep(0.2)\n    x = 2\n"), "known"),
+        # The blocking line itself changed: a new finding.
+        (lambda s: s.replace("time.sleep(0.2)", "time.sleep(0.25)"), "failed"),
+        # The test renamed: a new finding, and its old entry fixed.
+        (lambda s: s.replace("def test_a(", "def test_renamed("), "failed"),
+    ],
+    ids=["line-above", "inside-above-the-call", "below-the-call", "the-line-itself", "renamed"],
+)
+def test_entries_survive_unrelated_edits(
+    pytester: pytest.Pytester, edit: object, verdict: str
+) -> None:
+    pytester.makepyfile(test_suite=SUITE)
+    write_ini(pytester, "auto")
+    _baseline(pytester)
+    assert callable(edit)
+    pytester.makepyfile(test_suite=edit(SUITE))
+    result = _run(pytester, "--loop-baseline=known.txt")
+    verdicts = _verdicts(pytester)
+    blocked_a = [v for name, v in verdicts.items() if name in ("test_a", "test_renamed")]
+    assert blocked_a == [verdict]
+    assert verdicts["test_b"] == "known"  # the other entry, untouched, stays known
+    if verdict == "failed":
+        result.stdout.fnmatch_lines(["*baseline entries fixed — remove them*"])
+
+
+def test_a_moved_file_is_new(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(test_suite=SUITE)
+    write_ini(pytester, "auto")
+    _baseline(pytester)
+    (pytester.path / "test_suite.py").rename(pytester.path / "test_moved.py")
+    result = _run(pytester, "--loop-baseline=known.txt")
+    result.assert_outcomes(passed=1, failed=2)
+    result.stdout.fnmatch_lines(["2 entries of */known.txt no finding hit*"])
+
+
+def test_update_keeps_the_entries_of_tests_it_did_not_run(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(test_suite=SUITE)
+    write_ini(pytester, "auto")
+    _baseline(pytester)
+    pytester.makepyfile(test_suite=SUITE.replace("time.sleep(0.2)", "time.sleep(0.21)"))
+    result = _run(pytester, "--loop-baseline=known.txt", "--loop-baseline-update", "-k", "test_a")
+    result.assert_outcomes(passed=1, deselected=2)
+    assert _entries(pytester.path / "known.txt") == [
+        "block\ttest_suite.py::test_a\ttest_suite.py\ttest_a\ttime.sleep(0.21)",
+        "block\ttest_suite.py::test_b\ttest_suite.py\ttest_b\ttime.sleep(0.15)",
+    ]
+
+
+def test_under_xdist_the_controller_lists_and_writes_once(pytester: pytest.Pytester) -> None:
+    pytest.importorskip("xdist")
+    pytester.makepyfile(test_suite=SUITE)
+    write_ini(pytester, "auto")
+    xdist = ("-p", "xdist", "-n", "2")
+    result = _run(pytester, "--loop-baseline=known.txt", "--loop-baseline-update", *xdist)
+    result.assert_outcomes(passed=3)
+    assert len(_entries(pytester.path / "known.txt")) == 2
+    pytester.makepyfile(test_suite=SUITE.replace("    time.sleep(0.15)", "    pass"))
+    result = _run(pytester, "--loop-baseline=known.txt", *xdist)
+    result.assert_outcomes(passed=3)
+    assert _verdicts(pytester) == {"test_a": "known"}
+    assert result.stdout.str().count("test_suite.py::test_b: test_suite.py in test_b") == 1
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (
+            None,
+            "the baseline */missing.txt (loop_baseline) does not exist: create it with "
+            "--loop-baseline-update",
+        ),
+        (
+            "block\tonly two\n",
+            "*/known.txt:1 is not a baseline entry: expected 5 tab-separated "
+            "fields (kind, node id, file, function, source), got 2*",
+        ),
+        (
+            "# a comment\n\nnplusone\ta\tb\tc\td\n",
+            "*/known.txt:3: 'nplusone' is not a kind of finding: expected one of block",
+        ),
+        (b"\xff\xfe", "the baseline */known.txt (loop_baseline) cannot be read: *"),
+    ],
+    ids=["missing", "malformed", "unknown-kind", "not-text"],
+)
+def test_a_bad_baseline_is_a_usage_error(
+    pytester: pytest.Pytester, content: str | bytes | None, message: str
+) -> None:
+    pytester.makepyfile(test_suite=SUITE)
+    write_ini(pytester, "auto")
+    name = "missing.txt" if content is None else "known.txt"
+    if isinstance(content, bytes):
+        (pytester.path / name).write_bytes(content)
+    elif content is not None:
+        (pytester.path / name).write_text(content)
+    result = _run(pytester, f"--loop-baseline={name}")
+    assert_usage_error(result, message)
