@@ -61,7 +61,7 @@ def test_update_writes_a_sorted_readable_file_and_the_next_run_knows_it(
         "block\ttest_suite.py::test_a\ttest_suite.py\ttest_a\ttime.sleep(0.2)",
         "block\ttest_suite.py::test_b\ttest_suite.py\ttest_b\ttime.sleep(0.15)",
     ]
-    assert not list(pytester.path.glob(".loopguard-baseline-*"))  # written whole, by a rename
+    assert not list(pytester.path.glob(".loopguard-*"))  # written whole, by a rename
     result = _run(pytester, "--loop-baseline=known.txt")
     result.assert_outcomes(passed=3)
     result.stdout.fnmatch_lines(["*; 2 known block(s) in the baseline not counted"])
@@ -212,3 +212,114 @@ def test_a_bad_baseline_is_a_usage_error(
         (pytester.path / name).write_text(content)
     result = _run(pytester, f"--loop-baseline={name}")
     assert_usage_error(result, message)
+
+
+# -- merging the reports of CI shards ----------------------------------------------------------
+
+
+def _merge(pytester: pytest.Pytester, *args: str) -> pytest.RunResult:
+    import sys
+
+    return pytester.run(sys.executable, "-m", "pytest_loopguard", "report", "merge", *args)
+
+
+def _shards(pytester: pytest.Pytester) -> None:
+    """Two shards of the suite, as two CI machines would run them: each its own report."""
+    pytester.makepyfile(test_suite=SUITE)
+    write_ini(pytester, "auto")
+    _baseline(pytester)
+    pytester.makepyfile(test_suite=SUITE.replace("    time.sleep(0.15)", "    pass"))
+    for shard, selection in (("1", "test_a"), ("2", "test_b or test_clean")):
+        result = pytester.runpytest_subprocess(
+            *ASYNCIO,
+            "--loop-baseline=known.txt",
+            f"--loop-block-report=shard-{shard}.json",
+            "-k",
+            selection,
+        )
+        assert result.ret == pytest.ExitCode.OK
+
+
+def test_merge_makes_one_report_and_checks_the_baseline_across_shards(
+    pytester: pytest.Pytester,
+) -> None:
+    _shards(pytester)
+    result = _merge(
+        pytester,
+        "shard-1.json",
+        "shard-2.json",
+        "-o",
+        "all.json",
+        "--baseline",
+        "known.txt",
+        "--baseline-strict",
+    )
+    # test_b's entry is fixed: shard 2 ran it and no shard hit it; test_a's is known.
+    result.stdout.fnmatch_lines(
+        [
+            "*pytest-loopguard: event loop blocks*",
+            "0 block(s) in 0 test(s); 0 allowed block(s) not counted; 1 known block(s) in the "
+            "baseline not counted",
+            "fixed — remove it: test_suite.py::test_b: test_suite.py in test_b: time.sleep(0.15)",
+        ]
+    )
+    assert result.ret == 1  # strict
+    merged = json.loads((pytester.path / "all.json").read_text())
+    assert merged["tests"] == [
+        "test_suite.py::test_a",
+        "test_suite.py::test_b",
+        "test_suite.py::test_clean",
+    ]
+    assert [b["verdict"] for b in merged["blocks"]] == ["known"]
+    # Shard 1 alone did not run test_b: nothing is fixed there.
+    alone = _merge(pytester, "shard-1.json", "--baseline", "known.txt", "--baseline-strict")
+    alone.stdout.no_fnmatch_line("fixed*")
+    assert alone.ret == 0
+
+
+def test_merge_prints_annotations_when_asked(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(test_suite=SUITE)
+    write_ini(pytester, "auto")
+    pytester.runpytest_subprocess(*ASYNCIO, "--loop-block-report=shard.json")
+    result = _merge(pytester, "shard.json", "--github-annotations")
+    result.stdout.fnmatch_lines(
+        ["::error file=test_suite.py,line=5,title=pytest-loopguard::event loop blocked for *"]
+    )
+    assert result.ret == 1  # a block failed its test
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        (
+            lambda d: {**d, "version": 3},
+            "pytest-loopguard: shard-2.json: report version 3, this "
+            "pytest-loopguard reads version 4*",
+        ),
+        (
+            lambda d: {**d, "threshold": 0.25},
+            "pytest-loopguard: shard-2.json: threshold 0.25 s, "
+            "but shard-1.json has 0.1 s: shards must run with the same loop_block_threshold",
+        ),
+        (
+            lambda d: {"schema": "other"},
+            "pytest-loopguard: shard-2.json: not a pytest-loopguard report*",
+        ),
+        (None, "pytest-loopguard: shard-2.json:1: not JSON: *"),
+    ],
+    ids=["version", "threshold", "not-ours", "not-json"],
+)
+def test_merge_refuses_reports_that_do_not_agree(
+    pytester: pytest.Pytester, edit: object, message: str
+) -> None:
+    pytester.makepyfile(test_suite=SUITE)
+    write_ini(pytester, "auto")
+    pytester.runpytest_subprocess(*ASYNCIO, "--loop-block-report=shard-1.json")
+    document = json.loads((pytester.path / "shard-1.json").read_text())
+    text = "{oops" if edit is None else json.dumps(edit(document))  # type: ignore[operator]
+    (pytester.path / "shard-2.json").write_text(text)
+    result = _merge(pytester, "shard-1.json", "shard-2.json", "-o", "all.json")
+    assert result.ret == 2
+    result.stderr.fnmatch_lines([message])
+    assert "Traceback" not in result.stderr.str()
+    assert not (pytester.path / "all.json").exists()  # nothing half-written

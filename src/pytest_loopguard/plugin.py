@@ -50,6 +50,8 @@ def pytest_configure(config: pytest.Config) -> None:
     config.pluginmanager.register(collector, "loopguard-summary")
     if _summary.distributed(config):
         config.pluginmanager.register(_summary.Relay(collector), "loopguard-relay")
+    if settings.report is not None and not hasattr(config, "workerinput"):
+        config.pluginmanager.register(_summary.Ran(collector), "loopguard-ran")
     if config.pluginmanager.hasplugin("html"):
         config.pluginmanager.register(_summary.HtmlRows(), "loopguard-html")
     ENGINE.acquire(strict=settings.strict, hang=settings.timeout is not None)

@@ -113,10 +113,14 @@ def load(path: str, update: bool) -> frozenset[Entry]:
 
 
 def write(path: str, entries: Iterable[Entry]) -> None:
+    """The baseline file of ``entries``: sorted, one a line, under the header."""
+    write_text(path, HEADER + "".join(e.line() + "\n" for e in sorted(set(entries))))
+
+
+def write_text(path: str, text: str) -> None:
     """Write the file whole or not at all: a temporary file beside it, then renamed over it."""
-    text = HEADER + "".join(e.line() + "\n" for e in sorted(set(entries)))
     folder = os.path.dirname(path) or "."
-    fd, temporary = tempfile.mkstemp(prefix=".loopguard-baseline-", dir=folder, text=True)
+    fd, temporary = tempfile.mkstemp(prefix=".loopguard-", dir=folder, text=True)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as file:
             file.write(text)
