@@ -193,8 +193,8 @@ def test_under_xdist_the_controller_lists_and_writes_once(pytester: pytest.Pytes
             "fields (kind, node id, file, function, source), got 2*",
         ),
         (
-            "# a comment\n\nnplusone\ta\tb\tc\td\n",
-            "*/known.txt:3: 'nplusone' is not a kind of finding: expected one of block",
+            "# a comment\n\ntypo\ta\tb\tc\td\n",
+            "*/known.txt:3: 'typo' is not a kind of finding: expected one of block, nplusone, leak",
         ),
         (b"\xff\xfe", "the baseline */known.txt (loop_baseline) cannot be read: *"),
     ],
@@ -323,3 +323,61 @@ def test_merge_refuses_reports_that_do_not_agree(
     result.stderr.fnmatch_lines([message])
     assert "Traceback" not in result.stderr.str()
     assert not (pytester.path / "all.json").exists()  # nothing half-written
+
+
+# -- the SQLAlchemy guards' findings -----------------------------------------------------------
+
+GUARDED = """
+from sqlalchemy import select
+from conftest import Post, User
+
+
+async def test_nplusone(sessionmaker):
+    async with sessionmaker() as session:
+        for i in (1, 2) * 6:
+            await session.get(Post, i, populate_existing=True)
+
+
+async def test_leak(sessionmaker):
+    session = sessionmaker()
+    await session.scalars(select(User))
+"""
+
+
+def test_nplusone_and_leaks_are_in_the_baseline_too(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pytest.importorskip("sqlalchemy")
+    from sa_src import CONFTEST
+
+    monkeypatch.setenv("LOOPGUARD_TEST_DB_URL", f"sqlite+aiosqlite:///{pytester.path / 't.db'}")
+    pytester.makeconftest(CONFTEST)
+    pytester.makepyfile(test_guarded=GUARDED)
+    write_ini(pytester, "auto", "loop_guard_sqlalchemy = true\nloop_block_strict = true")
+    result = _run(pytester, "--loop-baseline=known.txt")  # no file yet: a usage error
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result = _run(pytester, "--loop-baseline=known.txt", "--loop-baseline-update")
+    result.assert_outcomes(passed=2)
+    entries = _entries(pytester.path / "known.txt")
+    assert [line.split("\t")[:2] for line in entries] == [
+        ["leak", "test_guarded.py::test_leak"],
+        ["nplusone", "test_guarded.py::test_nplusone"],
+    ]
+    result = _run(pytester, "--loop-baseline=known.txt")
+    result.assert_outcomes(passed=2)
+    result.stdout.fnmatch_lines(
+        [
+            "pytest-loopguard: 2 known finding(s) of the SQLAlchemy guards (N+1, leaks) in the "
+            "baseline not reported"
+        ]
+    )
+    # Without the baseline both fail (strict): the guards were live in this very project.
+    result = _run(pytester)
+    result.assert_outcomes(passed=2, errors=2)
+    # The leak fixed: its entry is listed.
+    closed = "    await session.scalars(select(User))\n    await session.close()\n"
+    pytester.makepyfile(
+        test_guarded=GUARDED.replace("    await session.scalars(select(User))\n", closed)
+    )
+    result = _run(pytester, "--loop-baseline=known.txt")
+    result.stdout.fnmatch_lines(["test_guarded.py::test_leak: test_guarded.py in test_leak: *"])

@@ -229,6 +229,9 @@ def loopguard_sqlalchemy_fixture(request: pytest.FixtureRequest) -> Iterator[obj
     nplusone = None if request.node.get_closest_marker("allow_nplusone") else settings.nplusone
     with guards.SQLAlchemyGuard(root=root, nplusone=nplusone) as guard:
         yield guard
+    known = _known_findings(request)
+    guard.leaks = [leak for leak in guard.leaks if not known("leak", leak.where)]
+    guard.nplusone = [found for found in guard.nplusone if not known("nplusone", found.where)]
     errors = [violation.error for violation in guard.violations]
     failures = [guards.leak_message(guard.leaks, root)] if guard.leaks else []
     failures += _nplusone(guards, guard, root, settings.strict)
@@ -236,6 +239,26 @@ def loopguard_sqlalchemy_fixture(request: pytest.FixtureRequest) -> Iterator[obj
         failures.insert(0, guards.render(guard.violations))
     if failures:
         pytest.fail("\n\n".join(failures), pytrace=False)
+
+
+def _known_findings(request: pytest.FixtureRequest) -> Callable[[str, Any], bool]:
+    """With a baseline: whether a guard's finding at a user's line is listed in it (each is
+    put on the test's reports for the baseline's fixed check, xdist's controller included)."""
+    watch, node = request.config.stash.get(_WATCH, None), request.node
+    if watch is None or watch.known is None or not isinstance(node, pytest.Item):
+        return lambda kind, where: False
+    from ._plugin.baseline import FINDING, entry_at
+
+    known, update, root = watch.known, watch.settings.baseline_update, _root(request.config)
+
+    def listed(kind: str, where: Any) -> bool:
+        entry = entry_at(kind, node.nodeid, where, root)
+        if entry is None:
+            return False
+        node.user_properties.append((FINDING, entry.line()))
+        return update or entry in known
+
+    return listed
 
 
 def _nplusone(guards: Any, guard: Any, root: str, strict: bool) -> list[str]:

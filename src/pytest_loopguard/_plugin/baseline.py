@@ -23,9 +23,13 @@ from pathlib import Path
 import pytest
 
 from .._base.events import BlockEvent
+from .._base.frames import FrameInfo
 from .._base.report import relative
 
-KINDS = ("block",)
+# block: a block of the event loop; nplusone, leak: the SQLAlchemy guards' N+1 queries and
+# connections never given back, keyed by the line that ran the query or took the connection.
+KINDS = ("block", "nplusone", "leak")
+FINDING = "loopguard.finding"  # the user property a guard's finding travels on (xdist too)
 _FIELDS = ("kind", "node id", "file", "function", "source")
 HEADER = (
     "# pytest-loopguard baseline: known findings, one a line, tab-separated:\n"
@@ -70,6 +74,14 @@ def entry_of_event(event: BlockEvent, nodeid: str, root: Path) -> Entry | None:
         return None
     file = relative(frame.filename, root)
     return Entry("block", _clean(nodeid), _clean(file), _clean(frame.function), _clean(frame.line))
+
+
+def entry_at(kind: str, nodeid: str, where: FrameInfo | None, root: Path) -> Entry | None:
+    """The entry of a guard's finding at the user's line ``where``."""
+    if where is None:
+        return None
+    file = _clean(relative(where.filename, root))
+    return Entry(kind, _clean(nodeid), file, _clean(where.function), _clean(where.line))
 
 
 def parse(text: str, path: str) -> frozenset[Entry]:
@@ -153,6 +165,9 @@ class Tracker:
             entry = entry_of(block) if block.get("verdict") != "allowed" else None
             if entry is not None:
                 self.found.add(entry)
+        for name, value in report.user_properties:
+            if name == FINDING and isinstance(value, str):
+                self.found.update(parse(value, "a test report"))
 
     def pytest_deselected(self, items: list[pytest.Item]) -> None:
         self.deselected.update(item.nodeid for item in items)
@@ -193,6 +208,12 @@ class Tracker:
                 f"{'y' if count == 1 else 'ies'}"
             )
             return
+        guards = sum(e.kind != "block" for e in self.found & self.entries)
+        if guards:
+            terminalreporter.write_line(
+                f"pytest-loopguard: {guards} known finding(s) of the SQLAlchemy guards "
+                "(N+1, leaks) in the baseline not reported"
+            )
         fixed = self.fixed()
         if not fixed:
             return
