@@ -64,7 +64,52 @@ def _is_user(filename: str, module: str) -> bool:
         return False
     if module.split(".", 1)[0] in _RUNNER_MODULES:
         return False
-    return not os.path.abspath(filename).startswith(_LIBRARY_PREFIXES)
+    path = os.path.abspath(filename)
+    if path.startswith(_LIBRARY_PREFIXES):
+        return False
+    # Installed elsewhere: another environment's or Bazel's site-packages, or a folder on
+    # PYTHONPATH that ``pip install --target`` filled (its .dist-info lists the file).
+    parts = path.split(os.sep)
+    if "site-packages" in parts or "dist-packages" in parts:
+        return False
+    return not _installed(path, module)
+
+
+def _installed(path: str, module: str) -> bool:
+    """Whether ``path`` is a file of a distribution installed beside its top-level package: a
+    ``*.dist-info/RECORD`` in the folder that holds the package lists it. (An editable install
+    of the project under test lists no source file: it stays the user's.)"""
+    if not module or module == "__main__":
+        return False
+    depth = module.count(".") + 1 + (os.path.basename(path) == "__init__.py")
+    parts = path.split(os.sep)
+    if len(parts) <= depth:
+        return False
+    folder = os.sep.join(parts[:-depth])
+    relative = "/".join(parts[-depth:])
+    return relative in _recorded(folder)
+
+
+_RECORDED: dict[str, frozenset[str]] = {}
+
+
+def _recorded(folder: str) -> frozenset[str]:
+    """The files the ``.dist-info`` folders in ``folder`` list, read once a folder."""
+    found = _RECORDED.get(folder)
+    if found is None:
+        names: set[str] = set()
+        try:
+            infos = [e for e in os.listdir(folder) if e.endswith(".dist-info")]
+        except OSError:
+            infos = []
+        for info in infos:
+            try:
+                with open(os.path.join(folder, info, "RECORD"), encoding="utf-8") as record:
+                    names.update(line.split(",", 1)[0] for line in record)
+            except (OSError, UnicodeDecodeError):
+                continue
+        found = _RECORDED[folder] = frozenset(names)
+    return found
 
 
 # A frame as the watchdog keeps it: no file is read while sampling (see resolve).
