@@ -1,4 +1,4 @@
-""""The user's line" is decided the same way wherever a library lives: one installed outside
+""" "The user's line" is decided the same way wherever a library lives: one installed outside
 site-packages (``pip install --target`` on PYTHONPATH, another environment's or Bazel's
 ``site-packages``) is not the user's code, while the project's own modules are, installed
 editable or not."""
