@@ -43,7 +43,7 @@ KINDS = {
         "open(slow_fifo()).read()",
         "file I/O blocks the loop — use `await asyncio.to_thread(path.read_text)` or aiofiles",
     ),
-    "cpu": ("busy(0.2)", "while time.perf_counter() < end:*", "CPU-bound work holds the loop — *"),
+    "cpu": ("busy(0.2)", "while time.thread_time() < end:*", "CPU-bound work holds the loop — *"),
     "subprocess": (
         "subprocess.run([sys.executable, '-c', 'import time; time.sleep(0.2)'], check=True)",
         "subprocess.run(*",
@@ -84,8 +84,8 @@ def later(delay, func, *args):
 
 
 def busy(seconds):
-    end = time.perf_counter() + seconds
-    while time.perf_counter() < end:
+    end = time.thread_time() + seconds  # CPU time: the same on a loaded machine
+    while time.thread_time() < end:
         pass
 
 
