@@ -371,9 +371,19 @@ def test_nplusone_and_leaks_are_in_the_baseline_too(
             "baseline not reported"
         ]
     )
+    document = json.loads((pytester.path / "blocks.json").read_text())
+    assert [(f["kind"], f["verdict"]) for f in document["findings"]] == [
+        ("leak", "known"),
+        ("nplusone", "known"),
+    ]
     # Without the baseline both fail (strict): the guards were live in this very project.
     result = _run(pytester)
     result.assert_outcomes(passed=2, errors=2)
+    document = json.loads((pytester.path / "blocks.json").read_text())
+    assert [(f["kind"], f["verdict"], f["function"]) for f in document["findings"]] == [
+        ("leak", "failed", "test_leak"),
+        ("nplusone", "failed", "test_nplusone"),
+    ]
     # The leak fixed: its entry is listed.
     closed = "    await session.scalars(select(User))\n    await session.close()\n"
     pytester.makepyfile(

@@ -229,7 +229,7 @@ def loopguard_sqlalchemy_fixture(request: pytest.FixtureRequest) -> Iterator[obj
     nplusone = None if request.node.get_closest_marker("allow_nplusone") else settings.nplusone
     with guards.SQLAlchemyGuard(root=root, nplusone=nplusone) as guard:
         yield guard
-    known = _known_findings(request)
+    known = _findings(request, settings.strict)
     guard.leaks = [leak for leak in guard.leaks if not known("leak", leak.where)]
     guard.nplusone = [found for found in guard.nplusone if not known("nplusone", found.where)]
     errors = [violation.error for violation in guard.violations]
@@ -241,11 +241,12 @@ def loopguard_sqlalchemy_fixture(request: pytest.FixtureRequest) -> Iterator[obj
         pytest.fail("\n\n".join(failures), pytrace=False)
 
 
-def _known_findings(request: pytest.FixtureRequest) -> Callable[[str, Any], bool]:
-    """With a baseline: whether a guard's finding at a user's line is listed in it (each is
-    put on the test's reports for the baseline's fixed check, xdist's controller included)."""
+def _findings(request: pytest.FixtureRequest, strict: bool) -> Callable[[str, Any], bool]:
+    """Whether a guard's finding at a user's line is in the baseline. Each finding is put on
+    the test's reports too (a user property: it reaches an xdist controller), for the JSON
+    report and the baseline's fixed check."""
     watch, node = request.config.stash.get(_WATCH, None), request.node
-    if watch is None or watch.known is None or not isinstance(node, pytest.Item):
+    if watch is None or not isinstance(node, pytest.Item):
         return lambda kind, where: False
     from ._plugin.baseline import FINDING, entry_at
 
@@ -255,8 +256,10 @@ def _known_findings(request: pytest.FixtureRequest) -> Callable[[str, Any], bool
         entry = entry_at(kind, node.nodeid, where, root)
         if entry is None:
             return False
-        node.user_properties.append((FINDING, entry.line()))
-        return update or entry in known
+        is_known = known is not None and (update or entry in known)
+        verdict = "known" if is_known else "failed" if strict or kind == "leak" else "warned"
+        node.user_properties.append((FINDING, entry.finding(where.lineno, verdict)))
+        return is_known
 
     return listed
 

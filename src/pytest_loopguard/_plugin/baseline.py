@@ -51,6 +51,28 @@ class Entry:
     def line(self) -> str:
         return "\t".join((self.kind, self.nodeid, self.file, self.function, self.source))
 
+    def finding(self, lineno: int, verdict: str) -> dict[str, object]:
+        """A guard's finding as the JSON report's ``findings`` hold it."""
+        found: dict[str, object] = {"kind": self.kind, "nodeid": self.nodeid, "file": self.file}
+        found.update(line=lineno, function=self.function, source=self.source, verdict=verdict)
+        return found
+
+
+def entry_of_finding(found: Mapping[str, object]) -> Entry:
+    """The entry of a finding as ``Entry.finding`` wrote it."""
+    fields = ("kind", "nodeid", "file", "function", "source")
+    kind, nodeid, file, function, source = (str(found.get(f, "")) for f in fields)
+    return Entry(kind, nodeid, file, function, source)
+
+
+def findings_of(report: pytest.TestReport) -> list[dict[str, object]]:
+    """The guards' findings a test report carries."""
+    return [
+        value
+        for name, value in report.user_properties
+        if name == FINDING and isinstance(value, dict)
+    ]
+
 
 def _clean(text: str) -> str:
     # One line, no tab: what the file's format can hold, the same on reading and writing.
@@ -165,9 +187,9 @@ class Tracker:
             entry = entry_of(block) if block.get("verdict") != "allowed" else None
             if entry is not None:
                 self.found.add(entry)
-        for name, value in report.user_properties:
-            if name == FINDING and isinstance(value, str):
-                self.found.update(parse(value, "a test report"))
+        for found in findings_of(report):
+            if found.get("verdict") != "allowed":
+                self.found.add(entry_of_finding(found))
 
     def pytest_deselected(self, items: list[pytest.Item]) -> None:
         self.deselected.update(item.nodeid for item in items)

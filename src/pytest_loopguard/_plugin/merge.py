@@ -40,7 +40,8 @@ def _load(path: str) -> dict[str, Any]:
             f"{path}: report version {document.get('version')!r}, this pytest-loopguard reads "
             f"version {VERSION}: make every shard's report with the same pytest-loopguard"
         )
-    for field, kind in (("blocks", list), ("tests", list), ("threshold", (int, float))):
+    fields = (("blocks", list), ("findings", list), ("tests", list), ("threshold", (int, float)))
+    for field, kind in fields:
         if not isinstance(document.get(field), kind):
             raise MergeError(f"{path}: no {field!r} of the right type: not a complete report")
     return document
@@ -65,6 +66,10 @@ def merge(paths: Sequence[str]) -> dict[str, Any]:
         "mode": first.get("mode") if len(modes) == 1 else "fail",
         "tests": sorted({test for _, document in documents for test in document["tests"]}),
         "blocks": sorted(blocks, key=lambda b: (str(b["nodeid"]), str(b["phase"]))),
+        "findings": sorted(
+            (found for _, document in documents for found in document["findings"]),
+            key=lambda f: (str(f["nodeid"]), str(f["kind"])),
+        ),
     }
 
 
@@ -76,6 +81,7 @@ def fixed(document: dict[str, Any], entries: frozenset[_baseline.Entry]) -> list
         for block in document["blocks"]
         if block.get("verdict") != "allowed"
     }
+    hit.update(_baseline.entry_of_finding(found) for found in document["findings"])
     return sorted(e for e in entries if e.nodeid in ran and e not in hit)
 
 
@@ -90,6 +96,14 @@ def _print_summary(document: dict[str, Any], out: TextIO, annotate: bool) -> Non
     print("=" * 20 + " pytest-loopguard: event loop blocks " + "=" * 20, file=out)
     for line in summary_lines(counted, len(blocks) - len(counted) - known, known=known):
         print(line, file=out)
+    findings = document["findings"]
+    if findings:
+        listed = sum(f.get("verdict") == "known" for f in findings)
+        print(
+            f"{len(findings)} finding(s) of the SQLAlchemy guards (N+1, leaks), {listed} of "
+            "them known",
+            file=out,
+        )
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -122,7 +136,10 @@ def main(argv: Sequence[str], out: TextIO = sys.stdout, err: TextIO = sys.stderr
     if options.output:
         _baseline.write_text(options.output, json.dumps(document, indent=2) + "\n")
     _print_summary(document, out, options.github_annotations)
-    status = 1 if any(b.get("verdict") == "failed" for b in document["blocks"]) else 0
+    failed = [
+        f for f in (*document["blocks"], *document["findings"]) if f.get("verdict") == "failed"
+    ]
+    status = 1 if failed else 0
     if entries is not None:
         gone = fixed(document, entries)
         for entry in gone:

@@ -85,6 +85,7 @@ class Collector:
         self.config, self.settings = config, settings
         self.blocks: list[Block] = []
         self.ran: set[str] = set()  # with a report: every test that ran (see Ran)
+        self.findings: list[Block] = []  # with a report: the SQLAlchemy guards' (see Ran)
 
     def add(self, blocks: list[Block]) -> None:
         self.blocks.extend(blocks)
@@ -134,20 +135,25 @@ class Collector:
             "mode": self.settings.mode,
             "tests": sorted(self.ran),
             "blocks": blocks,
+            "findings": sorted(self.findings, key=lambda f: (str(f["nodeid"]), str(f["kind"]))),
         }
         Path(self.settings.report).write_text(json.dumps(document, indent=2) + "\n")
 
 
 class Ran:
     """With a JSON report: the node ids of the tests that ran, so that a baseline's "fixed"
-    check can be made across the reports of CI shards. Registered only then: a hook call for
-    every report costs every test."""
+    check can be made across the reports of CI shards, and the SQLAlchemy guards' findings.
+    Registered only then: a hook call for every report costs every test."""
 
     def __init__(self, collector: Collector) -> None:
         self.collector = collector
 
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
         self.collector.ran.add(report.nodeid)
+        if report.user_properties:
+            from .baseline import findings_of
+
+            self.collector.findings.extend(findings_of(report))
 
 
 class Relay:
