@@ -179,3 +179,41 @@ def test_a_bad_annotations_value_names_auto_among_the_valid_ones(pytester: pytes
         "'sometimes' from ini loop_block_annotations is not a valid boolean: "
         "expected one of auto, 1, true, *",
     )
+
+
+@pytest.mark.parametrize(
+    ("ini", "cli", "outcome"),
+    [
+        ("", [], {"failed": 1}),
+        ("loop_baseline = from-ini.txt", [], {"passed": 1}),
+        ("loop_baseline = from-ini.txt", ["--loop-baseline="], {"failed": 1}),
+        ("loop_baseline = missing.txt", ["--loop-baseline=from-cli.txt"], {"passed": 1}),
+        ("loop_baseline_update = true\nloop_baseline = empty.txt", [], {"passed": 1}),
+        (
+            "loop_baseline_update = true\nloop_baseline = empty.txt",
+            ["--no-loop-baseline-update"],
+            {"failed": 1},
+        ),
+    ],
+    ids=[
+        "default-none",
+        "ini",
+        "empty-cli-turns-it-off",
+        "cli-beats-ini",
+        "ini-update",
+        "no-update",
+    ],
+)
+def test_baseline(
+    pytester: pytest.Pytester, ini: str, cli: list[str], outcome: dict[str, int]
+) -> None:
+    write_ini(pytester, "auto", ini)
+    pytester.makepyfile(test_blocks=BLOCKS)
+    entry = "block\ttest_blocks.py::test_blocks\ttest_blocks.py\ttest_blocks\ttime.sleep(0.2)\n"
+    for name in ("from-ini.txt", "from-cli.txt"):
+        (pytester.path / name).write_text(entry)
+    (pytester.path / "empty.txt").write_text("")
+    result = pytester.runpytest_subprocess(*ASYNCIO, *cli)
+    result.assert_outcomes(**outcome)
+    if "passed" in outcome:
+        result.stdout.fnmatch_lines(["*1 known block(s) in the baseline not counted"])
