@@ -184,10 +184,10 @@ def assert_clean(result: pytest.RunResult, passed: int) -> None:
 
 
 def blocked(where: str, *, seconds: str = "*", threshold: str = "0.10") -> str:
-    """The first line of a block's failure, as a pattern for fnmatch_lines."""
-    return (
-        f"LoopBlockedError: event loop blocked for {seconds} s (threshold {threshold} s) at {where}"
-    )
+    """The first line of a block's failure, as a pattern for fnmatch_lines. Just past the
+    threshold, both get more digits ("0.1004 s (threshold 0.1000 s)"): hence ``0.10*``."""
+    what = f"event loop blocked for {seconds} s (threshold {threshold}* s)"
+    return f"LoopBlockedError: {what} at {where}"
 
 
 def hung(where: str, *, seconds: str = "*") -> str:

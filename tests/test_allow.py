@@ -83,6 +83,6 @@ def test_fixture_exposes_threshold_events_and_allow(pytester: pytest.Pytester) -
     result = run(pytester)
     result.assert_outcomes(passed=1, failed=1)
     result.stdout.fnmatch_lines(
-        ["LoopBlockedError: event loop blocked for * s (threshold 0.10 s) at *.py:18 in *"]
+        ["LoopBlockedError: event loop blocked for * s (threshold 0.10* s) at *.py:18 in *"]
     )
     result.stdout.no_fnmatch_line("*more block*")

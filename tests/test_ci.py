@@ -61,7 +61,7 @@ def _annotations(result: pytest.RunResult) -> list[str]:
 
 ANNOTATION = (
     "::error file=test_ci_suite.py,line=4,title=pytest-loopguard::event loop blocked for * s "
-    "(threshold 0.10 s) in test_ci_suite.py::test_blocks (call)%0Afix: time.sleep blocks every "
+    "(threshold 0.10* s) in test_ci_suite.py::test_blocks (call)%0Afix: time.sleep blocks every "
     "request — use `await asyncio.sleep(...)`"
 )
 
@@ -105,7 +105,7 @@ def test_junit_keeps_the_headline_and_gets_each_block_as_properties(
     result = run(pytester, "--junitxml=junit.xml")
     result.assert_outcomes(failed=1, passed=1)
     xml = (pytester.path / "junit.xml").read_text()
-    assert re.search(r'<failure message="LoopBlockedError: event loop blocked for \d\.\d\d s', xml)
+    assert re.search(r'<failure message="LoopBlockedError: event loop blocked for \d\.\d{2,4} s', xml)
     held = re.search(r'name="loopguard.duration" value="(\d+\.\d+)"', xml)
     assert held is not None
     assert 0.15 <= float(held.group(1)) <= 1.5  # the 0.2 s sleep, on a loaded machine too
@@ -140,7 +140,7 @@ def test_pytest_html_shows_the_message_in_the_test_row(
     result.assert_outcomes(**({"failed": 1, "passed": 1} if mode == "fail" else {"passed": 2}))
     logs = _html_rows((pytester.path / "report.html").read_text())
     log = logs["test_ci_suite.py::test_blocks"]
-    assert len(re.findall(r"event loop blocked for \d\.\d\d s", log)) == 1, log
+    assert len(re.findall(r"event loop blocked for \d\.\d{2,4} s", log)) == 1, log
     assert "stack while blocked (most recent call last):" in log
     assert ('<pre class="loopguard">' in log) == (mode == "warn"), log
     assert "event loop blocked" not in logs["test_ci_suite.py::test_clean"]

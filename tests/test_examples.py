@@ -12,7 +12,7 @@ from pytest_loopguard._base import hints as _hints
 
 EXAMPLES = Path(__file__).parent.parent / "conftest_examples"
 SLEEP_FIX = "fix: time.sleep blocks every request — use `await asyncio.sleep(...)`"
-BLOCKED = "LoopBlockedError: event loop blocked for * s (threshold 0.10 s) at "
+BLOCKED = "LoopBlockedError: event loop blocked for * s (threshold 0.10* s) at "
 SHOP = "conftest_examples/fastapi_sqlalchemy/shop.py"
 PITS = "conftest_examples/fastapi_sqlalchemy/test_pitfalls.py"
 

@@ -71,7 +71,7 @@ def test_a_filter_that_makes_our_warning_an_error_changes_no_outcome(
         [
             "*warnings summary*",
             "test_warned.py::test_blocks",
-            "  test_warned.py:4: PytestWarning: event loop blocked for * s (threshold 0.10 s) "
+            "  test_warned.py:4: PytestWarning: event loop blocked for * s (threshold 0.10* s) "
             "at test_warned.py:4 in test_blocks",
         ]
     )

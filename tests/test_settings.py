@@ -111,7 +111,7 @@ def test_the_nearest_marker_wins(pytester: pytest.Pytester) -> None:
     result.assert_outcomes(passed=2, failed=3)
     result.stdout.fnmatch_lines(
         [
-            "*(threshold 0.10 s) at *in test_own_over_class",
+            "*(threshold 0.10* s) at *in test_own_over_class",
             "*(threshold 0.15 s) at *in test_param_over_all",
             "*(threshold 0.05 s) at *in test_module_level",
         ]

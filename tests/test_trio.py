@@ -95,7 +95,7 @@ def test_trio_fixtures_are_named_with_setup_and_teardown(pytester: pytest.Pytest
         [
             blocked(f"{name}:5 in slow_db (during setup of fixture 'slow_db')"),
             "*1 more block(s)*",
-            "event loop blocked for * s (threshold 0.10 s) at "
+            "event loop blocked for * s (threshold 0.10* s) at "
             f"{name}:8 in slow_db (during teardown of fixture 'slow_db')",
         ]
     )
