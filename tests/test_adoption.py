@@ -26,6 +26,15 @@ async def test_clean():
 """
 
 
+# The long block as warn mode shows it: in pytest's warnings summary, at the user's line.
+WARNED_LONG = [
+    "*warnings summary*",
+    "test_suite.py::test_blocks_long",
+    "  test_suite.py:4: PytestWarning: event loop blocked for * s (threshold 0.10* s) "
+    "at test_suite.py:4 in test_blocks_long",
+]
+
+
 @pytest.mark.parametrize("how", ["cli", "ini"])
 def test_warn_mode_keeps_outcomes_and_warns_at_the_line(
     pytester: pytest.Pytester, how: str
@@ -38,10 +47,7 @@ def test_warn_mode_keeps_outcomes_and_warns_at_the_line(
     result.assert_outcomes(passed=4, warnings=2)
     result.stdout.fnmatch_lines(
         [
-            "*warnings summary*",
-            "test_suite.py::test_blocks_long",
-            "  test_suite.py:4: PytestWarning: event loop blocked for * s (threshold 0.10* s) "
-            "at test_suite.py:4 in test_blocks_long",
+            *WARNED_LONG,
             "    time.sleep(0.35)",
             "  fix: time.sleep blocks every request — use `await asyncio.sleep(...)`",
         ]
@@ -61,14 +67,7 @@ def test_warn_mode_keeps_every_outcome_when_warnings_are_errors(pytester: pytest
     )
     result = pytester.runpytest_subprocess(*ASYNCIO)
     result.assert_outcomes(passed=4, warnings=2)
-    result.stdout.fnmatch_lines(
-        [
-            "*warnings summary*",
-            "test_suite.py::test_blocks_long",
-            "  test_suite.py:4: PytestWarning: event loop blocked for * s (threshold 0.10* s) "
-            "at test_suite.py:4 in test_blocks_long",
-        ]
-    )
+    result.stdout.fnmatch_lines(WARNED_LONG)
     result.stdout.no_fnmatch_line("*phases.py*")
     verdicts = [block["verdict"] for block in _report(pytester.path / "blocks.json")["blocks"]]  # type: ignore[index]
     assert sorted(verdicts) == ["allowed", "warned", "warned"]

@@ -91,11 +91,7 @@ def entry_of(block: Mapping[str, object]) -> Entry | None:
 
 def entry_of_event(event: BlockEvent, nodeid: str, root: Path) -> Entry | None:
     """The entry of a block as the engine reports it: the same as ``entry_of`` its report."""
-    frame = event.frame
-    if frame is None:
-        return None
-    file = relative(frame.filename, root)
-    return Entry("block", _clean(nodeid), _clean(file), _clean(frame.function), _clean(frame.line))
+    return entry_at("block", nodeid, event.frame, root)
 
 
 def entry_at(kind: str, nodeid: str, where: FrameInfo | None, root: Path) -> Entry | None:
@@ -180,6 +176,7 @@ class Tracker:
         self.collected: set[str] | None = None
         self.deselected: set[str] = set()
         self.rootpath: Path | None = None
+        self._collected_modules: set[str] | None = None
 
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
         self.ran.add(report.nodeid)
@@ -206,7 +203,13 @@ class Tracker:
         collected = self.collected
         if collected is None or entry.nodeid in collected:
             return False
-        return any(nodeid.partition("::")[0] == module for nodeid in collected)
+        return module in self._modules()
+
+    def _modules(self) -> set[str]:
+        # Once, not once an entry: a big suite collects thousands of tests.
+        if self._collected_modules is None:
+            self._collected_modules = {n.partition("::")[0] for n in self.collected or ()}
+        return self._collected_modules
 
     def fixed(self) -> list[Entry]:
         """Entries no finding hit though their test ran (or is gone): to be removed."""
