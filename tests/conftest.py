@@ -7,6 +7,7 @@ import http.cookiejar  # noqa: F401  (see below)
 import os
 import re
 import signal
+import sys
 import threading
 import warnings
 
@@ -42,6 +43,8 @@ import pytest_loopguard._plugin.trio_fixtures
 import pytest_loopguard.plugin
 import pytest_loopguard.sqlalchemy  # noqa: F401
 from pytest_loopguard._core.engine import ENGINE
+from pytest_loopguard._procs import pth
+from pytest_loopguard._procs.channel import CHANNEL_ENV, SETTINGS_ENV
 
 pytest_plugins = ["pytester"]
 
@@ -82,6 +85,11 @@ def _no_leaks() -> object:
     names = [t.name for t in threading.enumerate()]
     assert "pytest-loopguard-watchdog" not in names, names
     assert signal.getsignal(signal.SIGUSR2) == signal.SIG_DFL, "the hang guard's handler stayed"
+    # Nor of the children's watch: the environment, the startup hook's file, its finder.
+    assert CHANNEL_ENV not in os.environ
+    assert SETTINGS_ENV not in os.environ
+    assert not list(pth.site_dir().glob(f"{pth.PREFIX}{os.getpid()}.pth"))
+    assert not [f for f in sys.meta_path if hasattr(f, "pytest_loopguard_startup")]
 
 
 def write_ini(pytester: pytest.Pytester, mode: str = "strict", extra: str = "") -> None:

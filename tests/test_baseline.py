@@ -35,7 +35,7 @@ def _run(pytester: pytest.Pytester, *args: str) -> pytest.RunResult:
 
 def _verdicts(pytester: pytest.Pytester) -> dict[str, str]:
     document = json.loads((pytester.path / "blocks.json").read_text())
-    assert document["version"] == 4
+    assert document["version"] == 5
     return {block["nodeid"].split("::")[1]: block["verdict"] for block in document["blocks"]}
 
 
@@ -294,7 +294,7 @@ def test_merge_prints_annotations_when_asked(pytester: pytest.Pytester) -> None:
         (
             lambda d: {**d, "version": 3},
             "pytest-loopguard: shard-2.json: report version 3, this "
-            "pytest-loopguard reads version 4*",
+            "pytest-loopguard reads version 5*",
         ),
         (
             lambda d: {**d, "threshold": 0.25},

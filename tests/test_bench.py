@@ -62,3 +62,15 @@ def test_loop_runs_prints_each_configuration(loop: list[str]) -> None:
     names = [line.split(":")[0].strip() for line in done.stdout.splitlines()]
     assert names == ["none", "guard", "shared", "own-table"]
     assert done.stdout.splitlines()[0].endswith(", 1.000x")
+
+
+def test_startup_prints_each_kind_of_start() -> None:
+    done = subprocess.run(
+        [sys.executable, str(BENCH.with_name("startup.py")), "--rounds", "1"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    kinds = [line.split(":")[0].split()[-1] for line in done.stdout.splitlines()[1:]]
+    assert kinds == ["none", "inert", "watched"] * 2

@@ -61,6 +61,21 @@ def pytest_configure(config: pytest.Config) -> None:
         if not hasattr(config, "workerinput"):  # the controller sees every worker's reports
             config.pluginmanager.register(_tracker(config, settings, known), "loopguard-baseline")
     config.pluginmanager.register(watch, "loopguard-watch")
+    _watch_children(config, settings, watch, collector)
+
+
+def _watch_children(
+    config: pytest.Config, settings: Settings, watch: Watch, collector: _summary.Collector
+) -> None:
+    from ._plugin import children as _children
+
+    _children.stop_inherited_hook()  # this session watches its own process
+    if not settings.subprocesses or _summary.distributed(config):
+        return  # an xdist controller runs no test: each worker watches its own children
+    kids = _children.Children(settings, watch.guard, lambda: watch.current is not None, collector)
+    if kids.start():
+        watch.children = kids
+        config.pluginmanager.register(kids, "loopguard-children")
 
 
 def _baseline(settings: Settings) -> frozenset[Any] | None:
@@ -88,6 +103,9 @@ def pytest_unconfigure(config: pytest.Config) -> None:
     if watch is not None:
         del config.stash[_WATCH]
         watch.pending.clear()
+        if watch.children is not None:
+            watch.children.stop()
+            watch.children = None
         watch.guard.pause()
         settings = watch.settings
         ENGINE.release(strict=settings.strict, hang=settings.timeout is not None)

@@ -54,6 +54,8 @@ class BlockEvent:
     other_cpu: float | None = None
     # The event loop it held: "asyncio", "uvloop" or "trio" (its fixes fit that backend).
     backend: str = "asyncio"
+    # A block in a child process the session watched: "pid 4242: uvicorn app:app".
+    process: str | None = None
 
     @property
     def cpu_bound(self) -> bool | None:

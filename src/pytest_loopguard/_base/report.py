@@ -57,6 +57,8 @@ def _during(event: BlockEvent) -> str:
     # nobody looks for the block on the test's own loop.
     if event.thread and event.thread != "MainThread":
         during += f" (loop in thread '{event.thread}')"
+    if event.process:  # a child process the session watched: which one, and its command
+        during += f" (in process {event.process})"
     return during
 
 
@@ -235,6 +237,29 @@ OURS = ("LoopBlockedError", "LazyLoadError", "DetachedAccessError", "SyncEngineO
 Block = Mapping[str, object]  # one block as the JSON report has it
 
 
+def frame_data(frame: FrameInfo, root: Path | None) -> dict[str, object]:
+    file = relative(frame.filename, root)
+    return {"file": file, "line": frame.lineno, "function": frame.function, "source": frame.line}
+
+
+def as_data(event: BlockEvent, root: Path | None) -> dict[str, object]:
+    """One block as the JSON report (and the runner's) describes it, without its test."""
+    return {
+        "phase": event.phase,
+        "fixture": event.fixture,
+        "duration": round(event.duration, 4),
+        "cpu_time": None if event.cpu_time is None else round(event.cpu_time, 4),
+        "cpu_wait": round(event.cpu_wait, 4),  # runnable, waiting for a CPU: left out of duration
+        "threshold": event.threshold,
+        "location": None if event.frame is None else frame_data(event.frame, root),
+        "stack": [frame_data(f, root) for f in event.stack],
+        "hint": {"key": event.hint.key, "cause": event.hint.cause, "fix": event.hint.fix},
+        "call": event.call,
+        "backend": event.backend,
+        "process": event.process,  # a watched child's "pid N: command", else null
+    }
+
+
 def _block_location(block: Block) -> str:
     where = block["location"]
     if not isinstance(where, Mapping):
@@ -246,17 +271,19 @@ def summary_lines(
     blocks: Sequence[Block], allowed: int, shown: int = 10, known: int = 0
 ) -> list[str]:
     """The end-of-run section's lines: counts, then the worst ``shown`` blocks."""
-    tests = len({b["nodeid"] for b in blocks})
+    tests = len({b["nodeid"] for b in blocks} - {""})  # "": outside any test
     lines = [f"{len(blocks)} block(s) in {tests} test(s); {allowed} allowed block(s) not counted"]
     if known:
         lines[0] += f"; {known} known block(s) in the baseline not counted"
     for block in sorted(blocks, key=lambda b: -float(str(b["duration"])))[:shown]:
-        phase = str(block["phase"])
+        phase = f"  [{block['phase']}]" if block["phase"] else ""
         if block["fixture"]:
-            phase += f" of {block['fixture']}"
+            phase = f"  [{block['phase']} of {block['fixture']}]"
         duration = float(str(block["duration"]))
         where = _block_location(block)
-        lines.append(f"{duration:6.2f} s  {where}  [{phase}]  {block['nodeid']}")
+        who = block["nodeid"] or "(outside any test)"
+        process = f"  (in process {block['process']})" if block.get("process") else ""
+        lines.append(f"{duration:6.2f} s  {where}{phase}  {who}{process}")
     return lines
 
 

@@ -136,6 +136,13 @@ class LoopGuard:
         """A block of this guard's is over (the engine holds its lock)."""
         self._events.append(event)
 
+    def busy(self, since: float) -> None:
+        """A unit has held the loop for half the threshold: nothing to do in this process
+        (a watched child's guard tells its session, see ``_procs.child``)."""
+
+    def settled(self, counted: bool) -> None:
+        """That unit is over (see ``busy``)."""
+
     def calls_pending(self) -> bool:
         return self.calls is not None and bool(self.calls.pending)
 

@@ -95,6 +95,7 @@ class Ledger:
         block, thread.block = thread.block, None
         if block is None:
             return
+        labels: tuple[Label, ...] = ()
         if block.reportable:
             took = block.measure(now, ended_by, self._collecting(thread))
             labels = tuple(
@@ -102,6 +103,9 @@ class Ledger:
             )
             if labels:
                 self.ended.append(Ended(thread.name, block, took.end, took.queued, labels))
+        if block.beat is not None:  # announced as busy (see ``Subscriber.busy``)
+            for label in block.labels:
+                label.guard.settled(label in labels)
         # Only now: ``busy`` is read without the lock, and must never see a block in neither.
         self.open_blocks -= 1
 

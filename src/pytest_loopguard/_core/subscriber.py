@@ -38,6 +38,13 @@ class Subscriber(Protocol):
     def flush_calls(self) -> None:
         """Make strict mode's pending calls events."""
 
+    def busy(self, since: float) -> None:
+        """A unit of this guard's, begun at ``since``, has held its loop for half the
+        threshold (called once a unit, on the watchdog's thread, holding the ledger's lock)."""
+
+    def settled(self, counted: bool) -> None:
+        """That unit is over; ``counted``: it is a block, recorded at the next flush."""
+
 
 class Subscribers:
     """The guards subscribed now, and what the watchdog paces itself by: the smallest of their

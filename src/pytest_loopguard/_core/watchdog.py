@@ -91,6 +91,13 @@ class Watchdog:
                 self._stop()
                 self._start(detach=False)
 
+    def after_fork(self) -> None:
+        """A forked child's copy: no thread, fresh locks (see ``Engine.after_fork``)."""
+        self._cond = threading.Condition(threading.Lock())
+        self._life = threading.Lock()
+        self._thread, self._stopping, self.sleeping = None, False, False
+        self.queues = clocks.QueueClocks()
+
     def _start(self, detach: bool) -> None:
         self._stopping, self.sleeping, self.detached = False, False, False
         ready = threading.Event()
@@ -256,6 +263,8 @@ class Watchdog:
             block.others, block.others_since = others, now
         block.others_last = others
         if block.beat is None:
+            for label in block.labels:  # once a unit: a child's guard tells its session
+                label.guard.busy(block.start)
             # A late look must not stretch a block: the beat runs right after the unit and
             # bounds its end even when a busy loop keeps the watchdog from the GIL.
             block.beat = now

@@ -23,7 +23,7 @@ MODE_HELP = (
     "outcome and each block becomes a PytestWarning, for adopting the plugin gradually."
 )
 REPORT_HELP = (
-    "Write every block of the run to this JSON file (schema pytest-loopguard/report, version 4; "
+    "Write every block of the run to this JSON file (schema pytest-loopguard/report, version 5; "
     "see report.schema.json in the package; an empty value on the command line turns it off)."
 )
 ALLOW_HELP = (
@@ -67,6 +67,11 @@ BASELINE_UPDATE_HELP = (
 BASELINE_STRICT_HELP = (
     "Fail the run when a loop_baseline entry is fixed (its test ran, nothing hit it), so the "
     "file can only shrink (true/false; default false)."
+)
+SUBPROCESSES_HELP = (
+    "Watch the Python processes the session starts (servers in a fixture, uvicorn's and "
+    "gunicorn's workers) with the same settings: their blocks fail the test running when they "
+    "began (true/false; default true; --no-loop-block-subprocesses turns it off)."
 )
 NPLUSONE_MARKER = (
     "allow_nplusone: this test may run the same SELECT many times from one line (pytest-loopguard)."
@@ -125,6 +130,15 @@ OPTIONS = (
         "auto",
         ANNOTATIONS_HELP,
         "auto",
+    ),
+    Option(
+        "loop_block_subprocesses",
+        "--loop-block-subprocesses",
+        None,
+        "string",
+        "true",
+        SUBPROCESSES_HELP,
+        "true",
     ),
     Option("loop_baseline", "--loop-baseline", "PATH", "string", "", BASELINE_HELP),
     Option(

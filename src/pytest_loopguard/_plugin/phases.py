@@ -14,6 +14,7 @@ import warnings
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
@@ -26,6 +27,9 @@ from .baseline import Entry, entry_of_event
 from .reprs import failure_repr, leading
 from .settings import Settings
 from .verdict import NOTHING, Verdict, judge
+
+if TYPE_CHECKING:
+    from .children import Children
 
 ITEM_SETTINGS = pytest.StashKey[Settings]()
 _SECTION = "event loop blocked (pytest-loopguard)"
@@ -80,6 +84,7 @@ class Watch:
         self.current: TestRun | None = None
         self.pending = Pending(config.pluginmanager, self._decorate)
         self.known: frozenset[Entry] | None = None  # the baseline's entries, when one is set
+        self.children: Children | None = None  # the session's watched child processes
 
     @pytest.hookimpl(tryfirst=True)
     def pytest_runtest_setup(self, item: pytest.Item) -> None:
@@ -113,6 +118,9 @@ class Watch:
         if run is None or run.item is not item:
             return
         when = call.when
+        children = self.children
+        if children is not None:
+            children.settle()  # a child's verdict still to come is this phase's
         if self.guard.quiet(run.judged) and (when != "call" or run.mark is None):
             if when == "setup":  # nothing recorded since the last verdict: none to make
                 self.guard.set_context("call")

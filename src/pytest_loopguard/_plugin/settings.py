@@ -82,6 +82,7 @@ class Settings:
     baseline: str | None = None  # the known findings' file, absolute
     baseline_update: bool = False
     baseline_strict: bool = False
+    subprocesses: bool = True  # watch the Python processes the session starts
 
 
 SETTINGS_KEY = pytest.StashKey[Settings]()
@@ -187,6 +188,7 @@ def resolve(config: pytest.Config) -> Settings:
         baseline=_baseline(config),
         baseline_update=_flag(config, "loop_baseline_update"),
         baseline_strict=_flag(config, "loop_baseline_strict"),
+        subprocesses=_flag(config, "loop_block_subprocesses"),
     )
 
 

@@ -13,45 +13,26 @@ from pathlib import Path
 import pytest
 
 from .._base.events import BlockEvent
-from .._base.frames import FrameInfo
 from .settings import Settings
 from .verdict import Verdict
 
 SCHEMA = "pytest-loopguard/report"
-VERSION = 4
+VERSION = 5
 _OTHER_ANNOTATOR = "pytest_github_actions_annotate_failures"
 Block = dict[str, object]
 
 
-def _frame(frame: FrameInfo, root: Path) -> Block:
-    from .._base.report import relative
-
-    file = relative(frame.filename, root)
-    return {"file": file, "line": frame.lineno, "function": frame.function, "source": frame.line}
-
-
 def as_dicts(verdict: Verdict, nodeid: str, root: Path) -> list[Block]:
-    """A phase's blocks as the summary and the JSON report (schema version 4) describe them."""
+    """A phase's blocks as the summary and the JSON report (schema version 5) describe them."""
     return [_as_dict(e, nodeid, verdict.of(e), root) for e in verdict.events]
 
 
 def _as_dict(event: BlockEvent, nodeid: str, verdict: str, root: Path) -> Block:
-    return {
-        "nodeid": nodeid,
-        "phase": event.phase,
-        "fixture": event.fixture,
-        "duration": round(event.duration, 4),
-        "cpu_time": None if event.cpu_time is None else round(event.cpu_time, 4),
-        "cpu_wait": round(event.cpu_wait, 4),  # runnable, waiting for a CPU: left out of duration
-        "threshold": event.threshold,
-        "location": None if event.frame is None else _frame(event.frame, root),
-        "stack": [_frame(f, root) for f in event.stack],
-        "hint": {"key": event.hint.key, "cause": event.hint.cause, "fix": event.hint.fix},
-        "allowed": verdict == "allowed",
-        "verdict": verdict,
-        "call": event.call,
-        "backend": event.backend,
-    }
+    from .._base.report import as_data
+
+    data = as_data(event, root)
+    tail = {key: data.pop(key) for key in ("call", "backend", "process")}
+    return {"nodeid": nodeid, **data, "allowed": verdict == "allowed", "verdict": verdict, **tail}
 
 
 def junit_properties(blocks: list[Block]) -> list[tuple[str, object]]:
@@ -70,6 +51,8 @@ def junit_properties(blocks: list[Block]) -> list[tuple[str, object]]:
             ("loopguard.hint", key),
             ("loopguard.verdict", block["verdict"]),
         ]
+        if block.get("process"):
+            found.append(("loopguard.process", block["process"]))
     return found
 
 

@@ -1,0 +1,93 @@
+"""The session's children: blocks in the Python processes its tests start, made its own.
+
+A block a child sends is recorded on the session's guard, labelled with the phase and fixture
+of the test running now, so it is judged with that phase's own blocks: the same verdict, the
+same message, and the process it was in. ``Watch`` asks ``settle`` before it judges a phase:
+a child in the middle of a unit that may be a block (a request still being served, or one whose
+response has gone out but whose verdict has not come yet) is waited for. A block that arrives
+while no test runs goes to the summary, as outside any test.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import replace
+from typing import TYPE_CHECKING
+
+import pytest
+
+from .._base.events import BlockEvent
+from .._core.engine import ENGINE
+from .._procs.parent import Parent
+from .summary import Collector, as_dicts
+from .verdict import Verdict
+
+if TYPE_CHECKING:
+    from .._core.guard import LoopGuard
+    from .settings import Settings
+
+_WAIT = 10.0  # at most, for a child's verdict as a phase ends (its hang guard may be off)
+
+
+class Children:
+    """Watches the session's children from ``start`` to ``stop``."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        guard: LoopGuard,
+        running: Callable[[], bool],
+        collector: Collector,
+    ) -> None:
+        self.guard, self.running, self.collector = guard, running, collector
+        self.outside: list[BlockEvent] = []  # blocks while no test ran
+        wanted = {"threshold": settings.threshold, "timeout": settings.timeout}
+        wanted["strict"] = settings.strict
+        self.parent = Parent(wanted, self._block)
+        self.limit = _WAIT if settings.timeout is None else settings.timeout + 1.0
+
+    def start(self) -> bool:
+        return self.parent.start()
+
+    def stop(self) -> None:
+        self.parent.stop()
+
+    def settle(self) -> None:
+        """As a phase ends: until no child is in the middle of a possible block."""
+        if self.parent.busy:
+            self.parent.wait(self.limit)
+
+    def _block(self, event: BlockEvent, since: float | None) -> None:
+        guard = self.guard
+        with ENGINE.ledger.lock:  # the engine records under it; a phase reads under it
+            phase = guard.phase if self.running() else None
+            if phase is not None and event.duration >= guard.threshold:
+                guard.record(replace(event, phase=phase, fixture=guard.fixture))
+                return
+        if phase is None:
+            self.outside.append(event)
+
+    def pytest_sessionfinish(self) -> None:
+        """Blocks outside any test (a server's start-up before the first test, its shutdown
+        after the last) go to the summary and the report, as warnings."""
+        self.parent.wait(self.limit)
+        outside, self.outside = self.outside, []
+        if outside:
+            root = self.collector.config.invocation_params.dir
+            self.collector.add(as_dicts(Verdict(tuple(outside), warned=tuple(outside)), "", root))
+
+    def pytest_terminal_summary(self, terminalreporter: pytest.TerminalReporter) -> None:
+        lost = self.parent.lost
+        if lost:
+            terminalreporter.write_line(
+                f"pytest-loopguard: {lost} block(s) in child processes were lost: the channel "
+                "was full (a flood of blocks); the ones shown were received"
+            )
+
+
+def stop_inherited_hook() -> None:
+    """A pytest session started by a watched process (pytester, a tox-like runner) watches
+    itself: the startup hook it inherited stops, or its blocks would be the parent's too."""
+    from .._procs.parent import stop_inherited
+
+    stop_inherited()
