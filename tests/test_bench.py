@@ -74,3 +74,20 @@ def test_startup_prints_each_kind_of_start() -> None:
     assert done.returncode == 0, done.stdout + done.stderr
     kinds = [line.split(":")[0].split()[-1] for line in done.stdout.splitlines()[1:]]
     assert kinds == ["none", "inert", "watched"] * 2
+
+
+SMALL_LOAD = ("--requests", "40", "--concurrency", "4")
+
+
+def test_server_load_prints_both_rates() -> None:
+    done = subprocess.run(
+        [sys.executable, str(BENCH.with_name("server_load.py")), "--rounds", "1", *SMALL_LOAD],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    out = done.stdout.splitlines()
+    assert out[-3].startswith("off: median "), out
+    assert out[-2].startswith(" on: median "), out
+    assert "target <= 1.03x" in out[-2]

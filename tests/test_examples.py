@@ -197,3 +197,24 @@ def test_quickstart_example(pytester: pytest.Pytester, examples: Path) -> None:
             "  conftest_examples/quickstart/test_users.py:18 in test_list_users",
         ]
     )
+
+
+LIVE = "conftest_examples/live_server/live_app.py"
+
+
+def test_live_server_example(pytester: pytest.Pytester, examples: Path) -> None:
+    """The app served by uvicorn in a process of its own: the broken route fails the sync and
+    the async test that called it, at the route's line, naming the server process."""
+    result = run_examples(pytester, "conftest_examples/live_server")
+    result.assert_outcomes(failed=2, passed=4)
+    for name in ("sync_client", "async_client"):
+        result.stdout.fnmatch_lines([f"*test_live.py::test_broken_blocking_route_{name} FAILED*"])
+    result.stdout.fnmatch_lines(
+        [
+            f"{BLOCKED}{LIVE}:13 in slow_lookup (in process pid *: python -m uvicorn live_app:app*",
+            "    time.sleep(0.3)  # a sync client, a slow disk, a rate-limit wait",
+            SLEEP_FIX,
+            "stack while blocked (most recent call last):",
+            f"  {LIVE}:19 in broken_order",
+        ]
+    )

@@ -285,7 +285,7 @@ def test_a_flood_of_blocks_arrives_whole(pytester: pytest.Pytester) -> None:
             "import asyncio, time",
             "async def main():",
             "    for _ in range(150):",
-            "        time.sleep(0.012)",
+            "        time.sleep(0.03)",
             "        await asyncio.sleep(0)",
             "asyncio.run(main())",
         ])
@@ -470,3 +470,80 @@ def test_a_child_that_outlives_the_session_neither_holds_it_nor_fails(
             break
         time.sleep(0.05)
     assert done.read_text() == "done"
+
+
+def test_the_allowlist_the_marker_and_the_hang_guard_apply_to_children(
+    pytester: pytest.Pytester,
+) -> None:
+    _project(pytester, UVICORN)
+    pytester.makepyfile(
+        app=APP + "\n\n@app.get('/stuck')\nasync def stuck():\n    while True:\n        pass\n",
+        test_more="""
+        import httpx
+        import pytest
+
+
+        @pytest.mark.allow_blocking(reason="a known slow route")
+        def test_allowed_by_marker(server):
+            assert httpx.get(server + "/slow").status_code == 200
+
+
+        def test_stuck(server):
+            assert httpx.get(server + "/stuck", timeout=30).status_code == 500
+        """,
+    )
+    result = run(pytester, "--loop-block-timeout=1", "test_more.py", subprocess=True)
+    result.assert_outcomes(failed=1, passed=1)
+    result.stdout.fnmatch_lines(
+        [
+            "*past the hang timeout, and was interrupted at app.py:* in stuck (in process pid *",
+            "FAILED test_more.py::test_stuck - LoopBlockedError: event loop hung*",
+        ]
+    )
+    write_ini(pytester, mode="auto", extra="loop_block_allow = app:slow")
+    allowed = run(pytester, "test_app.py", subprocess=True)
+    allowed.assert_outcomes(passed=3)
+    allowed.stdout.fnmatch_lines(["0 block(s) in 0 test(s); 1 allowed block(s) not counted"])
+
+
+def test_a_server_forked_from_the_session_by_multiprocessing_is_watched(
+    pytester: pytest.Pytester,
+) -> None:
+    pytester.makepyfile(
+        app=APP,
+        conftest="""
+        import multiprocessing
+        import socket
+        import time
+
+        import pytest
+        import uvicorn
+
+
+        def _serve(port):
+            uvicorn.run("app:app", port=port, log_level="warning")
+
+
+        @pytest.fixture(scope="session")
+        def server():
+            with socket.socket() as s:
+                s.bind(("127.0.0.1", 0))
+                port = s.getsockname()[1]
+            proc = multiprocessing.get_context("fork").Process(target=_serve, args=(port,))
+            proc.start()
+            for _ in range(300):
+                try:
+                    socket.create_connection(("127.0.0.1", port)).close()
+                    break
+                except OSError:
+                    time.sleep(0.05)
+            yield f"http://127.0.0.1:{port}"
+            proc.terminate()
+            proc.join(30)
+        """,
+        test_app=TESTS,
+    )
+    result = run(pytester, "-W", "ignore::DeprecationWarning", subprocess=True)
+    result.assert_outcomes(failed=1, passed=2)
+    process = "in process pid *: a fork of the pytest session (pid *)"
+    result.stdout.fnmatch_lines([blocked(f"app.py:11 in slow ({process})")])

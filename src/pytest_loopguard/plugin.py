@@ -25,6 +25,7 @@ from ._plugin.phases import ITEM_SETTINGS, TestRun, Watch, warn_never_raise
 from ._plugin.settings import SETTINGS_KEY, Settings
 
 _WATCH = pytest.StashKey[Watch]()
+_UNWATCHED = pytest.StashKey[str]()  # why the session's child processes are not watched
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -76,6 +77,8 @@ def _watch_children(
     if kids.start():
         watch.children = kids
         config.pluginmanager.register(kids, "loopguard-children")
+    else:
+        config.stash[_UNWATCHED] = _children.UNWATCHED
 
 
 def _baseline(settings: Settings) -> frozenset[Any] | None:
@@ -111,13 +114,15 @@ def pytest_unconfigure(config: pytest.Config) -> None:
         ENGINE.release(strict=settings.strict, hang=settings.timeout is not None)
 
 
-def pytest_report_header(config: pytest.Config) -> str:
+def pytest_report_header(config: pytest.Config) -> str | list[str]:
     """Say in one line what the plugin will do, so a CI log shows it."""
     from ._base import report as _report  # the text layer: imported when needed
 
     s = config.stash[SETTINGS_KEY]
     shown = (s.threshold, s.threshold_source, s.debug, s.timeout, s.strict)
-    return _report.header(*shown, debugger=s.debugger, tracer=s.tracer)
+    line = _report.header(*shown, debugger=s.debugger, tracer=s.tracer)
+    unwatched = config.stash.get(_UNWATCHED, None)
+    return line if unwatched is None else [line, f"loopguard: {unwatched}"]
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

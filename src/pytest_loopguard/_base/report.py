@@ -299,7 +299,10 @@ def annotation(block: Block) -> str:
     else:
         duration, threshold = float(str(block["duration"])), float(str(block["threshold"]))
         what = f"event loop blocked for {over(duration, threshold)}"
-    text = f"{what} in {block['nodeid']} ({block['phase']})\nfix: {hint['cause']} — {hint['fix']}"
+    who = f"{block['nodeid']} ({block['phase']})" if block["nodeid"] else "no test"
+    if block.get("process"):
+        who += f", in process {block['process']}"
+    text = f"{what} in {who}\nfix: {hint['cause']} — {hint['fix']}"
     place = ""
     if isinstance(where, Mapping):
         place = f"file={_property(str(where['file']))},line={where['line']},"

@@ -114,19 +114,20 @@ class Engine:
             left.append("the hang signal handler")
         return left
 
-    def after_fork(self) -> None:
+    def after_fork(self, defer: bool = False) -> None:
         """In a forked child (gunicorn's workers): only the forking thread came along. The
         watchdog did not, and a lock another thread held at the fork would stay held: fresh
         locks, no blocks, no other thread's records, and the watchdog again if a lease holds
-        the machinery up."""
+        the machinery up — at once, or with ``defer`` when the child's first loop starts (a
+        fork's handlers may run in a child about to exec: no thread there)."""
         self._lease_lock = threading.Lock()
         self.ledger.lock = threading.Lock()
         self.ledger.clear()
         here = threading.get_ident()
         for ident in [i for i in self.registry.threads if i != here]:
             del self.registry.threads[ident]  # in place: the loop hooks hold this dict
-        self.watchdog.after_fork()
-        if self._leases:
+        self.watchdog.after_fork(defer=defer and self._leases > 0)
+        if self._leases and not defer:
             self.watchdog.start()
 
     def _install(self) -> None:

@@ -48,7 +48,7 @@ class LoopEvents:
             if restore is not None:
                 thread.restore_debug.append(restore)
         if self._subs.guards and self.watchdog.sleeping:
-            self.watchdog.wake()
+            self.watchdog.wake(loop_start=True)
 
     def loop_stopping(self, thread: LoopThread, run: LoopRun) -> None:
         if thread.block is not None:

@@ -42,10 +42,9 @@ _STALE = 0.005  # a look that took longer than this: the watchdog lost the GIL m
 
 
 class Watchdog:
-    """The sampling thread. ``wakes``, ``looks`` and ``naps`` count what it did (tests and
-    benchmarks read them): every return from a wait, the ones that looked at loop threads, and
-    every time it went to sleep with nothing to watch. ``detached``: it runs on a file table
-    of its own (``_filetable``)."""
+    """The sampling thread. ``wakes``, ``looks`` and ``naps`` count what it did (tests read
+    them): every return from a wait, the ones that looked at loop threads, and every sleep
+    with nothing to watch. ``detached``: it runs on a file table of its own (``_filetable``)."""
 
     NAME = "pytest-loopguard-watchdog"
 
@@ -64,7 +63,7 @@ class Watchdog:
         self._life = threading.Lock()  # start, stop and share_files, from any thread
         self._thread: threading.Thread | None = None
         self._stopping = False
-        self.sleeping = self.detached = False
+        self.sleeping = self.detached = self.deferred = False
         self.wakes = self.looks = self.naps = 0
         self.queues = clocks.QueueClocks()
 
@@ -91,12 +90,12 @@ class Watchdog:
                 self._stop()
                 self._start(detach=False)
 
-    def after_fork(self) -> None:
-        """A forked child's copy: no thread, fresh locks (see ``Engine.after_fork``)."""
-        self._cond = threading.Condition(threading.Lock())
-        self._life = threading.Lock()
-        self._thread, self._stopping, self.sleeping = None, False, False
-        self.queues = clocks.QueueClocks()
+    def after_fork(self, defer: bool = False) -> None:
+        """A forked child's copy: no thread, fresh locks; with ``defer``, the child's first
+        loop start starts it (see ``Engine.after_fork``)."""
+        self._cond, self._life = threading.Condition(threading.Lock()), threading.Lock()
+        self._thread, self._stopping, self.queues = None, False, clocks.QueueClocks()
+        self.sleeping = self.deferred = defer  # "sleeping": a loop start wakes it
 
     def _start(self, detach: bool) -> None:
         self._stopping, self.sleeping, self.detached = False, False, False
@@ -122,8 +121,13 @@ class Watchdog:
         if thread is not None and thread.ident is not None:
             thread.join()
 
-    def wake(self) -> None:
+    def wake(self, loop_start: bool = False) -> None:
         """A loop started or a guard subscribed while the watchdog slept."""
+        if self.deferred:  # a forked child's: started by its first loop (``after_fork``)
+            if loop_start:
+                self.deferred = False
+                self.start()
+            return
         with self._cond:
             # Checked again under the lock: by now it may be in a timed wait, which must not
             # be cut short (an early look is a wasted GIL hand-off).

@@ -10,6 +10,7 @@ while no test runs goes to the summary, as outside any test.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from dataclasses import replace
 from typing import TYPE_CHECKING
@@ -26,6 +27,12 @@ if TYPE_CHECKING:
     from .._core.guard import LoopGuard
     from .settings import Settings
 
+UNWATCHED = (
+    "child processes are not watched: site-packages is not writable for the startup hook "
+    "(--no-loop-block-subprocesses says it is meant)"
+)
+_ACTIVE: Children | None = None  # the session's, while it watches
+_FORK_HANDLER = False
 _WAIT = 10.0  # at most, for a child's verdict as a phase ends (its hang guard may be off)
 
 
@@ -41,15 +48,26 @@ class Children:
     ) -> None:
         self.guard, self.running, self.collector = guard, running, collector
         self.outside: list[BlockEvent] = []  # blocks while no test ran
+        # Strict mode stays in this process: its calls are counted per test phase, which a
+        # child cannot tell apart; a child's blocks are caught by the threshold.
         wanted = {"threshold": settings.threshold, "timeout": settings.timeout}
-        wanted["strict"] = settings.strict
         self.parent = Parent(wanted, self._block)
         self.limit = _WAIT if settings.timeout is None else settings.timeout + 1.0
 
     def start(self) -> bool:
-        return self.parent.start()
+        global _ACTIVE, _FORK_HANDLER
+        if not self.parent.start():
+            return False
+        _ACTIVE = self
+        if not _FORK_HANDLER:
+            # Once a process, and inert once no session watches: a handler cannot be removed.
+            os.register_at_fork(after_in_child=_forked)
+            _FORK_HANDLER = True
+        return True
 
     def stop(self) -> None:
+        global _ACTIVE
+        _ACTIVE = None
         self.parent.stop()
 
     def settle(self) -> None:
@@ -83,6 +101,16 @@ class Children:
                 f"pytest-loopguard: {lost} block(s) in child processes were lost: the channel "
                 "was full (a flood of blocks); the ones shown were received"
             )
+
+
+def _forked() -> None:
+    """A fork of this session (``multiprocessing.Process(target=uvicorn.run)`` with the fork
+    start method): watched as a child of it, not as the session."""
+    kids = _ACTIVE
+    if kids is not None:
+        from .._procs.child import forked_session
+
+        forked_session(kids.guard)
 
 
 def stop_inherited_hook() -> None:

@@ -119,7 +119,7 @@ class Watch:
             return
         when = call.when
         children = self.children
-        if children is not None:
+        if children is not None and children.parent.busy:
             children.settle()  # a child's verdict still to come is this phase's
         if self.guard.quiet(run.judged) and (when != "call" or run.mark is None):
             if when == "setup":  # nothing recorded since the last verdict: none to make

@@ -40,9 +40,9 @@ class ChildGuard(LoopGuard):
         self.lost = 0  # blocks a full channel refused, told with the next message that fits
         self.gone = False  # the session's end is closed: stop sending (it outlived it)
 
-    def hello(self) -> bool:
+    def hello(self, said: str | None = None) -> bool:
         self.pid = os.getpid()
-        return self._send(Message("hello", self.pid, command=command()), first=True)
+        return self._send(Message("hello", self.pid, command=said or command()), first=True)
 
     def record(self, event: BlockEvent) -> None:
         super().record(event)
@@ -109,8 +109,9 @@ def command() -> str:
     return text if len(text) <= 100 else text[:97] + "..."
 
 
-def start() -> None:
-    """Called by the ``.pth`` line at start-up: watch this process, or say why not."""
+def start(forked: bool = False) -> None:
+    """Called by ``startup`` once the process imports asyncio or trio: watch this process, or
+    say why not. ``forked``: a fork of the pytest session itself (see ``forked_session``)."""
     global _GUARD
     path = os.environ.get(CHANNEL_ENV)
     if not path or _GUARD is not None:
@@ -118,8 +119,8 @@ def start() -> None:
     try:
         settings = json.loads(os.environ.get(SETTINGS_ENV) or "{}")
         guard = ChildGuard(path, settings)
-        if not guard.hello():
-            guard.close()
+        command = f"a fork of the pytest session (pid {os.getppid()})" if forked else None
+        if not guard.hello(command):
             return
         guard.__enter__()
     except Exception as error:  # never break the child: it runs, unwatched
@@ -127,7 +128,23 @@ def start() -> None:
         return
     _GUARD = guard
     atexit.register(stop)
-    os.register_at_fork(after_in_child=_forked)
+    if not forked:  # a fork's handlers are being run: not the time to add one
+        os.register_at_fork(after_in_child=_forked)
+
+
+def forked_session(session_guard: Any) -> None:
+    """In a fork of a pytest session (``multiprocessing`` with the fork start method, running
+    a server): no test runs here. The session's guard leaves, and the fork is watched as a
+    child, its watchdog started with its first loop."""
+    from .._core.engine import ENGINE
+
+    try:
+        ENGINE.after_fork(defer=True)
+        if session_guard in ENGINE.subscribers.guards:
+            ENGINE.subscribers.remove(session_guard)
+        start(forked=True)
+    except Exception as error:
+        _say(f"could not watch this forked process ({error!r})")
 
 
 def stop() -> None:
@@ -157,8 +174,7 @@ def _forked() -> None:
 
     try:
         ENGINE.after_fork()
-        guard.pid = os.getpid()
-        guard._send(Message("hello", guard.pid, command=f"{WORKER} {os.getppid()}"), first=True)
+        guard.hello(f"{WORKER} {os.getppid()}")
     except Exception as error:
         _say(f"could not watch this forked process ({error!r})")
 
