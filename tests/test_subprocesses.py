@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import textwrap
@@ -192,37 +193,77 @@ def child(seconds, **kwargs):
 """
 
 
-def test_a_child_killed_mid_block_neither_hangs_the_session_nor_loses_the_rest(
+KILLABLE = """
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+
+
+@pytest.fixture
+def server():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    command = [sys.executable, "-m", "uvicorn", "app:app", "--port", str(port)]
+    proc = subprocess.Popen(command)
+    for _ in range(300):
+        try:
+            socket.create_connection(("127.0.0.1", port)).close()
+            break
+        except OSError:
+            time.sleep(0.05)
+    yield f"http://127.0.0.1:{port}", proc
+    proc.kill()
+    proc.wait(timeout=30)
+"""
+
+
+def test_a_server_killed_mid_block_neither_hangs_the_session_nor_loses_the_rest(
     pytester: pytest.Pytester,
 ) -> None:
     pytester.makepyfile(
-        helpers=CHILD,
-        test_kill="""
+        app=APP + "\n\n@app.get('/stuck')\nasync def stuck():\n    time.sleep(30)\n",
+        conftest=KILLABLE,
+        test_app="""
         import signal
+        import threading
         import time
 
-        from helpers import child
+        import httpx
 
 
-        def test_killed():
-            proc = child(30)
-            assert proc.stdout.readline() == "blocking\\n"
-            time.sleep(0.3)  # past half the threshold: the child said it is busy
+        def test_server_killed_mid_request(server):
+            url, proc = server
+
+            def ask():
+                try:
+                    httpx.get(url + "/stuck", timeout=60)
+                except httpx.HTTPError:
+                    pass  # the server is gone: what this test expects
+
+            asking = threading.Thread(target=ask)
+            asking.start()
+            time.sleep(0.5)  # past half the threshold: the server said it is busy
             proc.send_signal(signal.SIGKILL)
-            proc.wait()
+            asking.join(60)
 
 
-        def test_next_child_still_reported():
-            proc = child(0.3)
-            proc.communicate(timeout=30)
+        def test_the_next_block_is_still_reported(server):
+            url, _ = server
+            assert httpx.get(url + "/slow").status_code == 200
         """,
     )
-    result = run(pytester, "--durations=0")
+    result = run(pytester, "--durations=0", subprocess=True)
     result.assert_outcomes(failed=1, passed=1)
-    result.stdout.fnmatch_lines(["FAILED test_kill.py::test_next_child_still_reported - *"])
-    result.stdout.fnmatch_lines(["*(in process pid *: python -c *)"])
-    # The killed child's verdict never comes: the phase did not wait for the 10 s limit.
-    took = [line for line in result.outlines if "call" in line and "test_killed" in line]
+    result.stdout.fnmatch_lines(["FAILED test_app.py::test_the_next_block_is_still_reported - *"])
+    result.stdout.fnmatch_lines(["*app.py:11 in slow (in process pid *: python -m uvicorn*"])
+    # The killed server's verdict never comes: the phase did not wait for the 10 s limit.
+    took = [line for line in result.outlines if " call " in line and "killed_mid" in line]
     assert took, result.outlines
     assert float(took[0].split("s", 1)[0]) < 5, took
 
@@ -547,3 +588,39 @@ def test_a_server_forked_from_the_session_by_multiprocessing_is_watched(
     result.assert_outcomes(failed=1, passed=2)
     process = "in process pid *: a fork of the pytest session (pid *)"
     result.stdout.fnmatch_lines([blocked(f"app.py:11 in slow ({process})")])
+
+
+def test_the_runner_names_the_line_behind_a_server_slow_under_load(tmp_path: Path) -> None:
+    """The recipe of the docs: uvicorn under the runner, the load script against it, Ctrl-C."""
+    (tmp_path / "app.py").write_text(APP)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    runner = [sys.executable, "-m", "pytest_loopguard", "run", "--"]
+    server = subprocess.Popen(
+        [*runner, "python", "-m", "uvicorn", "app:app", "--port", str(port)],
+        cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        for _ in range(300):
+            try:
+                socket.create_connection(("127.0.0.1", port)).close()
+                break
+            except OSError:
+                time.sleep(0.05)
+        load = Path(__file__).parent.parent / "bench" / "load.py"
+        url = f"http://127.0.0.1:{port}/slow"
+        loaded = subprocess.run(
+            [sys.executable, str(load), url, "--requests", "6", "--concurrency", "3"],
+            capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+        assert loaded.returncode == 0, loaded.stderr
+        assert loaded.stdout.startswith("6 requests, 3 at a time: ")
+    finally:
+        server.send_signal(signal.SIGINT)
+        _, err = server.communicate(timeout=60)
+    lines = err.splitlines()
+    blocks = [line for line in lines if line.startswith("pytest-loopguard: event loop blocked")]
+    assert len(blocks) == 6, err
+    assert all("at app.py:12 in slow (in process pid " in line for line in blocks), err
+    assert "pytest-loopguard: 6 block(s) in 1 process(es)" in lines, err
