@@ -624,3 +624,36 @@ def test_the_runner_names_the_line_behind_a_server_slow_under_load(tmp_path: Pat
     assert len(blocks) == 6, err
     assert all("at app.py:12 in slow (in process pid " in line for line in blocks), err
     assert "pytest-loopguard: 6 block(s) in 1 process(es)" in lines, err
+
+
+def test_a_child_run_with_warnings_as_errors_is_watched_and_hears_nothing_of_it(
+    pytester: pytest.Pytester,
+) -> None:
+    """Development mode and -W error in a child: the hook and the engine warn of nothing (one
+    warning would stop the engine there, or print in the child's output)."""
+    pytester.makepyfile(
+        test_strict_child="""
+        import subprocess
+        import sys
+
+        CODE = "\\n".join([
+            "import asyncio, time",
+            "async def main():",
+            "    time.sleep(0.3)",
+            "asyncio.run(main())",
+        ])
+
+
+        def test_child():
+            done = subprocess.run(
+                [sys.executable, "-X", "dev", "-W", "error", "-c", CODE],
+                capture_output=True, text=True, timeout=60,
+            )
+            assert done.returncode == 0
+            assert "Warning" not in done.stderr, done.stderr
+            assert "pytest-loopguard" not in done.stderr, done.stderr
+        """
+    )
+    result = run(pytester)
+    result.assert_outcomes(failed=1)  # its block, caught: the hook ran in it
+    result.stdout.fnmatch_lines([blocked("<string>:3 in main (in process pid *: python -c *")])

@@ -20,10 +20,12 @@ from .channel import CHANNEL_ENV
 PREFIX = "pytest-loopguard-subprocess-"
 STARTUP = str(Path(__file__).with_name("startup.py"))
 # Compiled from its file, in a namespace of its own: importing it as a module would import
-# this package, and with it the engine.
+# this package, and with it the engine. Read with os.read, not open(): one line cannot close a
+# file object, and an unclosed one is a ResourceWarning in every child run with -W error.
+_READ = f"(lambda f: (os.read(f, 1 << 20), os.close(f))[0])(os.open({STARTUP!r}, os.O_RDONLY))"
 LINE = (
-    f"import os; '{CHANNEL_ENV}' in os.environ and exec(compile(open({STARTUP!r}).read(), "
-    f"{STARTUP!r}, 'exec'), {{'__name__': 'pytest_loopguard_startup'}})\n"
+    f"import os; '{CHANNEL_ENV}' in os.environ and exec(compile({_READ}, {STARTUP!r}, 'exec'), "
+    "{'__name__': 'pytest_loopguard_startup'})\n"
 )
 
 
