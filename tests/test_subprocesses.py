@@ -170,8 +170,11 @@ def test_turned_off_the_children_run_unwatched(pytester: pytest.Pytester) -> Non
     run(pytester, subprocess=True).assert_outcomes(passed=3)
 
 
+# A child running a script of the project's (a file under the rootdir): its blocks are the
+# project's code's. ``python -c`` code would not be (see the test of code not the project's).
 CHILD = """
 import asyncio
+import pathlib
 import subprocess
 import sys
 import time
@@ -186,9 +189,10 @@ asyncio.run(main())
 
 
 def child(seconds, **kwargs):
+    script = pathlib.Path(f"blocker_{int(seconds * 1000)}.py")
+    script.write_text(CODE.format(seconds=seconds))
     return subprocess.Popen(
-        [sys.executable, "-c", CODE.format(seconds=seconds)],
-        stdout=subprocess.PIPE, text=True, **kwargs
+        [sys.executable, str(script)], stdout=subprocess.PIPE, text=True, **kwargs
     )
 """
 
@@ -282,7 +286,9 @@ def test_a_block_outside_any_test_goes_to_the_summary(pytester: pytest.Pytester)
     )
     result = run(pytester)
     result.assert_outcomes(passed=1)
-    result.stdout.fnmatch_lines(["*0.3* s  <string>:5 in main  (outside any test)  (in process*"])
+    result.stdout.fnmatch_lines(
+        ["*0.3* s  blocker_300.py:5 in main  (outside any test)  (in process pid *: blocker_3*"]
+    )
 
 
 def test_a_child_that_cannot_reach_the_channel_runs_unwatched_and_says_so(
@@ -333,7 +339,8 @@ def test_a_flood_of_blocks_arrives_whole(pytester: pytest.Pytester) -> None:
 
 
         def test_flood():
-            subprocess.run([sys.executable, "-c", CODE], check=True)
+            open("flood.py", "w").write(CODE)
+            subprocess.run([sys.executable, "flood.py"], check=True)
         """
     )
     result = run(pytester, "--loop-block-threshold=0.01")
@@ -499,7 +506,8 @@ def test_a_child_that_outlives_the_session_neither_holds_it_nor_fails(
 
 
         def test_leaves_a_child_running():
-            subprocess.Popen([sys.executable, "-c", CODE], stderr=subprocess.DEVNULL)
+            open("leaving.py", "w").write(CODE)
+            subprocess.Popen([sys.executable, "leaving.py"], stderr=subprocess.DEVNULL)
         """
     )
     started = time.monotonic()
@@ -645,8 +653,9 @@ def test_a_child_run_with_warnings_as_errors_is_watched_and_hears_nothing_of_it(
 
 
         def test_child():
+            open("child.py", "w").write(CODE)
             done = subprocess.run(
-                [sys.executable, "-X", "dev", "-W", "error", "-c", CODE],
+                [sys.executable, "-X", "dev", "-W", "error", "child.py"],
                 capture_output=True, text=True, timeout=60,
             )
             assert done.returncode == 0
@@ -656,4 +665,36 @@ def test_a_child_run_with_warnings_as_errors_is_watched_and_hears_nothing_of_it(
     )
     result = run(pytester)
     result.assert_outcomes(failed=1)  # its block, caught: the hook ran in it
-    result.stdout.fnmatch_lines([blocked("<string>:3 in main (in process pid *: python -c *")])
+    result.stdout.fnmatch_lines([blocked("child.py:3 in main (in process pid *: child.py)")])
+
+
+def test_a_child_s_block_outside_the_project_s_code_is_shown_never_failed(
+    pytester: pytest.Pytester,
+) -> None:
+    """A notebook kernel running a cell, a tool the tests run, a library's worker: their loops
+    run code that is not the project's (here ``python -c``), and blocks there are not the
+    project's bugs. Allowed, beside the project's own script's block in the same run."""
+    pytester.makepyfile(
+        helpers=CHILD,
+        test_other="""
+        import subprocess
+        import sys
+
+        from helpers import child
+
+        CODE = "import asyncio, time\\nasync def main():\\n    time.sleep(0.3)\\n"
+        CODE += "asyncio.run(main())"
+
+
+        def test_not_the_project_s():
+            subprocess.run([sys.executable, "-c", CODE], check=True, timeout=60)
+
+
+        def test_the_project_s():
+            child(0.3).communicate(timeout=30)
+        """,
+    )
+    result = run(pytester)
+    result.assert_outcomes(failed=1, passed=1)
+    result.stdout.fnmatch_lines(["FAILED test_other.py::test_the_project_s - LoopBlockedError*"])
+    result.stdout.fnmatch_lines(["1 block(s) in 1 test(s); 1 allowed block(s) not counted"])

@@ -75,6 +75,12 @@ def _is_user(filename: str, module: str) -> bool:
     return not _installed(path, module)
 
 
+def in_project(filename: str, module: str, root: str) -> bool:
+    """Whether a frame is the project's own code: the user's (see ``_is_user``) and in a file
+    under ``root`` (a folder path ending in the separator)."""
+    return os.path.abspath(filename).startswith(root) and _is_user(filename, module)
+
+
 def _installed(path: str, module: str) -> bool:
     """Whether ``path`` is a file of a distribution installed beside its top-level package: a
     ``*.dist-info/RECORD`` in the folder that holds the package lists it. (An editable install

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 import pytest
 
 from .._base.events import BlockEvent
+from .._base.frames import in_project
 from .._core.engine import ENGINE
 from .._procs.parent import Parent
 from .summary import Collector, as_dicts
@@ -47,6 +48,7 @@ class Children:
         collector: Collector,
     ) -> None:
         self.guard, self.running, self.collector = guard, running, collector
+        self.root = os.path.join(str(collector.config.rootpath), "")
         self.outside: list[BlockEvent] = []  # blocks while no test ran
         # Strict mode stays in this process: its calls are counted per test phase, which a
         # child cannot tell apart; a child's blocks are caught by the threshold.
@@ -76,6 +78,10 @@ class Children:
             self.parent.wait(self.limit)
 
     def _block(self, event: BlockEvent, since: float | None) -> None:
+        if not any(in_project(file, module, self.root) for module, _, file in event.through):
+            # Not the project's code: a notebook kernel running a cell, a tool the tests run,
+            # a worker of some library. Shown (allowed), never failed.
+            event = replace(event, allowed=True)
         guard = self.guard
         with ENGINE.ledger.lock:  # the engine records under it; a phase reads under it
             phase = guard.phase if self.running() else None
@@ -92,7 +98,10 @@ class Children:
         outside, self.outside = self.outside, []
         if outside:
             root = self.collector.config.invocation_params.dir
-            self.collector.add(as_dicts(Verdict(tuple(outside), warned=tuple(outside)), "", root))
+            allowed = tuple(e for e in outside if e.allowed)
+            warned = tuple(e for e in outside if not e.allowed)
+            verdict = Verdict(tuple(outside), warned=warned, allowed=allowed)
+            self.collector.add(as_dicts(verdict, "", root))
 
     def pytest_terminal_summary(self, terminalreporter: pytest.TerminalReporter) -> None:
         lost = self.parent.lost
