@@ -350,15 +350,24 @@ def test_a_flood_of_blocks_arrives_whole(pytester: pytest.Pytester) -> None:
 
 def test_inner_sessions_watch_themselves(pytester: pytest.Pytester) -> None:
     """A pytest session started by a watched one (a plugin's own suite, pytester): its blocks
-    are its own, never its parent's."""
+    are its own, never its parent's — with the plugin (it watches itself) or without it."""
     pytester.makepyfile(
+        helpers=CHILD,
         test_outer="""
+        import pathlib
         import subprocess
         import sys
 
+        import pytest
 
-        def test_runs_an_inner_session(tmp_path):
-            (tmp_path / "test_inner.py").write_text(
+        from helpers import child
+
+
+        @pytest.mark.parametrize("plugin", ["pytest_loopguard", "no:pytest_loopguard"])
+        def test_runs_an_inner_session(plugin):
+            inner_dir = pathlib.Path.cwd() / plugin.replace(":", "_")  # the project's code
+            inner_dir.mkdir()
+            (inner_dir / "test_inner.py").write_text(
                 "import asyncio, time\\n"
                 "def test_inner():\\n"
                 "    async def main():\\n"
@@ -366,14 +375,23 @@ def test_inner_sessions_watch_themselves(pytester: pytest.Pytester) -> None:
                 "    asyncio.run(main())\\n"
             )
             inner = subprocess.run(
-                [sys.executable, "-m", "pytest", "-p", "pytest_loopguard", "-p", "no:cacheprovider",
-                 str(tmp_path)], capture_output=True, text=True, timeout=120,
+                [sys.executable, "-m", "pytest", "-p", plugin, "-p", "no:cacheprovider",
+                 str(inner_dir)], capture_output=True, text=True, timeout=120,
             )
-            assert inner.returncode == 1, inner.stdout  # the inner session failed its test
-            assert "LoopBlockedError" in inner.stdout
-        """
+            watched = plugin == "pytest_loopguard"
+            assert inner.returncode == (1 if watched else 0), inner.stdout
+            assert ("LoopBlockedError" in inner.stdout) == watched
+
+
+        def test_the_watch_was_live():
+            child(0.3).communicate(timeout=30)
+        """,
     )
-    run(pytester).assert_outcomes(passed=1)
+    result = run(pytester)
+    result.assert_outcomes(passed=2, failed=1)
+    result.stdout.fnmatch_lines(["FAILED test_outer.py::test_the_watch_was_live - *"])
+    # Nothing of the inner sessions reached this one, not even as allowed.
+    result.stdout.fnmatch_lines(["1 block(s) in 1 test(s); 0 allowed block(s) not counted"])
 
 
 def test_nothing_remains_after_the_session(pytester: pytest.Pytester) -> None:

@@ -116,6 +116,8 @@ def start(forked: bool = False) -> None:
     path = os.environ.get(CHANNEL_ENV)
     if not path or _GUARD is not None:
         return
+    if "_pytest" in sys.modules and not forked:
+        return  # a pytest session: it watches itself with the plugin, or is not to be watched
     try:
         settings = json.loads(os.environ.get(SETTINGS_ENV) or "{}")
         guard = ChildGuard(path, settings)
