@@ -17,6 +17,7 @@ import threading
 from collections.abc import Callable
 from contextlib import suppress
 
+from .._core.filetable import Unshare, detach, unshare_call
 from .wire import Message, decode
 
 CHANNEL_ENV = "PYTEST_LOOPGUARD_CHANNEL"  # the socket's path: the startup hook's trigger
@@ -27,32 +28,57 @@ _MAX = 1024 * 1024  # the largest datagram read (a block with its stack is a few
 
 class Channel:
     """Receives the children's messages on a thread of its own and hands each to ``deliver``
-    (on that thread). ``close`` stops the thread, then removes the socket and its directory."""
+    (on that thread). ``close`` stops the thread, then removes the socket and its directory.
+
+    The thread runs on a file table of its own, as the watchdog does (``_core.filetable``):
+    one blocked in ``recv`` on the process's table would make every loop iteration of every
+    test pay the kernel's reference on the files it polls. So the socket is made, read and
+    closed on that thread, in its table; nothing of it is in the process's.
+    """
 
     def __init__(self, deliver: Callable[[Message], None]) -> None:
         self._deliver = deliver
         self.directory = tempfile.mkdtemp(prefix="pytest-loopguard-")
         self.path = os.path.join(self.directory, "s")
-        self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-        try:
-            self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, _BUFFER)
-            self._sock.bind(self.path)
-        except BaseException:
-            self._sock.close()
-            shutil.rmtree(self.directory, ignore_errors=True)
-            raise
         self._closing = False
+        self._failed: OSError | None = None
+        ready = threading.Event()
+        unshare = unshare_call()  # looked up here: an import on the thread could race
         self._thread = threading.Thread(
-            target=self._run, name="pytest-loopguard-channel", daemon=True
+            target=self._run, args=(unshare, ready), name="pytest-loopguard-channel", daemon=True
         )
         self._thread.start()
+        ready.wait()
+        if self._failed is not None:
+            self._thread.join()
+            shutil.rmtree(self.directory, ignore_errors=True)
+            raise self._failed
 
-    def _run(self) -> None:
+    def _run(self, unshare: Unshare | None, ready: threading.Event) -> None:
+        try:
+            with suppress(Exception):  # where it cannot, the thread shares the table
+                detach(unshare)
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+            try:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, _BUFFER)
+                sock.bind(self.path)
+            except OSError:
+                sock.close()
+                raise
+        except OSError as error:
+            self._failed = error
+            return
+        finally:
+            ready.set()
+        with sock:
+            self._read(sock)
+
+    def _read(self, sock: socket.socket) -> None:
         while True:
             try:
-                raw = self._sock.recv(_MAX)
+                raw = sock.recv(_MAX)
             except OSError:
-                return  # closed under us
+                return
             if self._closing and raw == b"":
                 return
             message = decode(raw)
@@ -69,5 +95,4 @@ class Channel:
         with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as waker, suppress(OSError):
             waker.sendto(b"", self.path)  # after every datagram already queued
         self._thread.join(timeout=5)
-        self._sock.close()
         shutil.rmtree(self.directory, ignore_errors=True)
