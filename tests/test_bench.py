@@ -91,3 +91,18 @@ def test_server_load_prints_both_rates() -> None:
     assert out[-3].startswith("off: median "), out
     assert out[-2].startswith(" on: median "), out
     assert "target <= 1.03x" in out[-2]
+
+
+def test_sqlalchemy_instructions_child_runs_the_workload(tmp_path: Path) -> None:
+    """The callgrind script's measured run, without callgrind (a whole count takes minutes)."""
+    pytest.importorskip("aiosqlite")
+    script = BENCH.with_name("sqlalchemy_instructions.py")
+    url = f"sqlite+aiosqlite:///{tmp_path}/bench.db"
+    for mode in ("off", "on"):
+        done = subprocess.run(
+            [sys.executable, str(script), "--child", mode, "20", "--url", url],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert done.returncode == 0, done.stderr

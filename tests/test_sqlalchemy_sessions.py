@@ -284,25 +284,31 @@ async def test_closed_explicitly(sessionmaker, engine):
 
 
 def test_the_guard_leaves_nothing_behind() -> None:
-    """No listener, and not the wrapper that notes where sessions are made, outlives a guard."""
+    """No listener outlives a guard, nor the wrappers that note where sessions are made and
+    when their operations start; and no listener is on Engine even while it is active (one
+    would send every connection down SQLAlchemy's slower event path, for good)."""
+    import sqlalchemy.ext.asyncio.session as async_session
     from sqlalchemy import event
-    from sqlalchemy.engine import Engine
+    from sqlalchemy.engine import Dialect
     from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
     from sqlalchemy.orm import Session
     from sqlalchemy.pool import Pool
 
     from pytest_loopguard.sqlalchemy import SQLAlchemyGuard
 
-    before = AsyncSession.__dict__["__init__"], AsyncConnection.__dict__["__init__"]
+    def wrapped() -> tuple[object, ...]:
+        inits = AsyncSession.__dict__["__init__"], AsyncConnection.__dict__["__init__"]
+        return (*inits, async_session.greenlet_spawn)
+
+    before = wrapped()
     guard = SQLAlchemyGuard(nplusone=10)
     with guard:
-        assert AsyncSession.__dict__["__init__"] is not before[0]
-        assert AsyncConnection.__dict__["__init__"] is not before[1]
+        assert all(now is not then for now, then in zip(wrapped(), before, strict=True))
         listeners = list(guard._listeners)
         assert all(event.contains(target, name, fn) for target, name, fn in listeners)
-    assert (AsyncSession.__dict__["__init__"], AsyncConnection.__dict__["__init__"]) == before
+    assert wrapped() == before
     assert not any(event.contains(target, name, fn) for target, name, fn in listeners)
-    assert {target for target, _, _ in listeners} == {Session, Engine, Pool}
+    assert {target for target, _, _ in listeners} == {Session, Dialect, Pool}
 
 
 WIDER_SCOPES = """

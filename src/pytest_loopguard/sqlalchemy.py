@@ -1,8 +1,17 @@
 """AsyncSession guards: lazy loads, sync engines on the loop, detached reads — caught early.
 
-The only module that imports SQLAlchemy (install ``pytest-loopguard[sqlalchemy]``). It uses public
-events only (``do_orm_execute``, ``engine_connect``, ``persistent_to_detached``), so it
-works on SQLAlchemy 2.0 and 2.1 alike, and knows nothing of pytest: the plugin's fixtures drive it.
+The only module that imports SQLAlchemy (install ``pytest-loopguard[sqlalchemy]``), with its
+``_sqlalchemy`` package; it knows nothing of pytest: the plugin's fixtures drive it. It works on
+SQLAlchemy 2.0 and 2.1 alike.
+
+Which hooks, chosen by what they cost every query (callgrind, bench/sqlalchemy_overhead.py's
+workload on asyncpg): any ``ConnectionEvents`` listener on ``Engine`` (``before_cursor_execute``,
+``engine_connect``) switches every connection to SQLAlchemy's event path, +5% of a query even
+when the listener does nothing, and ``do_orm_execute`` builds an ``ORMExecuteState`` per
+statement, +4.7%. So: the dialect's ``do_execute`` (a loop over its listeners, right before the
+driver), the pool's ``checkout`` and ``checkin``, the session's ``after_transaction_create`` (once
+per transaction), and ``greenlet_spawn`` wrapped in the AsyncSession modules (see
+``_sqlalchemy.sessions``).
 """
 
 from __future__ import annotations
@@ -11,7 +20,6 @@ import asyncio
 import os
 import sys
 from collections.abc import Callable
-from contextlib import suppress
 from dataclasses import dataclass
 from types import FrameType
 from typing import Any
@@ -19,9 +27,9 @@ from typing import Any
 import sqlalchemy
 from greenlet import getcurrent
 from sqlalchemy import event
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import AdaptedConnection, Dialect, Engine
 from sqlalchemy.exc import MissingGreenlet
-from sqlalchemy.orm import InstrumentedAttribute, ORMExecuteState, Session
+from sqlalchemy.orm import InstrumentedAttribute, RelationshipProperty, Session, SessionTransaction
 from sqlalchemy.pool import Pool
 
 from ._base.events import LoopguardError
@@ -35,6 +43,7 @@ from ._sqlalchemy.sessions import (
     SessionOwners,
     leak_message,
     watch_made,
+    watch_spawns,
 )
 from ._sqlalchemy.strict import DetachedAccessError, StrictSessionFactory
 
@@ -156,17 +165,13 @@ class SQLAlchemyGuard:
         self._shared: set[int] = set()  # ids of the sessions two tasks used at once
         self._unwatch: Callable[[], None] = lambda: None
         self._listeners: list[tuple[Any, str, Callable[..., Any]]] = [
-            (Session, "do_orm_execute", self._on_orm_execute),
-            (Session, "before_flush", lambda session, *_: self._starting(session)),
-            (Session, "before_commit", self._starting),
-            # Once per connection, not per statement: cheaper, and it stops the sync engine
-            # before it even connects from the loop thread.
-            (Engine, "engine_connect", self._on_connect),
-            (Pool, "checkout", self._checkouts.on_checkout),
+            (Dialect, "do_execute", self._on_execute),
+            (Dialect, "do_execute_no_params", self._on_execute_no_params),
+            (Dialect, "handle_error", self._on_error),
+            (Session, "after_transaction_create", self._on_transaction),
+            (Pool, "checkout", self._on_checkout),
             (Pool, "checkin", self._checkouts.on_checkin),
         ]
-        if self._queries is not None:
-            self._listeners.append((Engine, "before_cursor_execute", self._queries.cursor))
 
     def __enter__(self) -> SQLAlchemyGuard:
         added = []
@@ -182,6 +187,7 @@ class SQLAlchemyGuard:
 
         stops = [watch_made(AsyncSession, self._checkouts.on_session)]
         stops.append(watch_made(AsyncConnection, self._checkouts.on_connection))
+        stops.append(watch_spawns(self._starting, self._owners.done))
 
         def unwatch() -> None:
             for stop in reversed(stops):
@@ -209,47 +215,92 @@ class SQLAlchemyGuard:
         error.where = where  # type: ignore[attr-defined]  # the failure points at it
         self.violations.append(Violation(kind, message, where, error))
 
-    def _starting(self, session: Session) -> None:
-        """An operation on ``session`` starts: fails when another task's is in flight."""
+    def _starting(self, session: Session, here: FrameType | None) -> None:
+        """An AsyncSession operation on ``session`` starts: fails when another task's is in
+        flight."""
         __tracebackhide__ = True
-        message = self._owners.starting(session)
+        message = self._owners.starting(session, here)
         if message is not None:
             self._shared.add(id(session))
             error = ConcurrentSessionError(message)
             self._record("concurrent session", message, None, error)
             raise error
 
-    def _on_orm_execute(self, state: ORMExecuteState) -> None:
+    def _on_execute(self, cursor: Any, statement: str, parameters: Any, context: Any) -> None:
+        # Every statement of every engine passes here, right before its driver: the common,
+        # legitimate case (an AsyncSession's, run by SQLAlchemy's greenlet) must return after a
+        # few cheap checks. Returning None lets the dialect execute it as usual.
         __tracebackhide__ = True
-        # Every statement of every AsyncSession passes here: the common, legitimate case (run
-        # by SQLAlchemy's greenlet) must return after a few cheap checks.
-        if _in_greenlet():
-            self._starting(state.session)
+        greenlet = getcurrent()
+        if getattr(greenlet, "__sqlalchemy_greenlet_provider__", False):  # _in_greenlet()
             if self._queries is not None:
-                self._queries.orm(state)
+                self._queries.count(statement, context, greenlet)
+        elif asyncio._get_running_loop() is not None:
+            self._off_the_bridge(context.dialect)
+
+    def _on_execute_no_params(self, cursor: Any, statement: str, context: Any) -> None:
+        __tracebackhide__ = True
+        self._on_execute(cursor, statement, None, context)
+
+    def _on_transaction(self, session: Session, transaction: SessionTransaction) -> None:
+        """A session begins a transaction: before it takes a connection, which for an
+        AsyncSession outside its greenlet (an attribute read after ``commit`` expired it) would
+        fail in the driver with no word of which attribute."""
+        __tracebackhide__ = True
+        if _in_greenlet() or asyncio._get_running_loop() is None:
             return
-        if not (state.is_relationship_load or state.is_column_load):
-            return
-        if not getattr(state.session.get_bind().dialect, "is_async", False):
-            return  # a sync Session in sync code may lazy-load
+        self._off_the_bridge(_dialect_of(session))
+
+    def _on_error(self, context: Any) -> BaseException | None:
+        """SQLAlchemy failed a statement: a ``MissingGreenlet`` from a driver that awaits before
+        ``do_execute`` (aiosqlite makes its cursor so on 2.1) becomes our lazy-load error when
+        an attribute read is behind it. The await never ran: still no SQL was sent."""
+        error = context.original_exception
+        if isinstance(error, MissingGreenlet) and not isinstance(error, LazyLoadError):
+            return self._lazy_load(context.dialect)
+        return None
+
+    def _off_the_bridge(self, dialect: Any) -> None:
+        __tracebackhide__ = True
+        error = self._lazy_load(dialect)
+        if error is not None:
+            raise error
+
+    def _lazy_load(self, dialect: Any) -> LazyLoadError | None:
+        """An async engine's SQL about to run on the loop's thread outside AsyncSession's
+        greenlet: when an attribute read is behind it, a lazy load — recorded, and its error
+        returned to be raised before any SQL. (Anything else is left to SQLAlchemy, which
+        raises MissingGreenlet.)"""
+        if not getattr(dialect, "is_async", False) or _in_greenlet():
+            return None  # a sync Session in sync code may lazy-load
         getter, user = _access_frames()
-        attr = getter.f_locals.get("self") if getter is not None else None
-        instance = getter.f_locals.get("instance") if getter is not None else None
-        if instance is None and state.lazy_loaded_from is not None:
-            instance = state.lazy_loaded_from.obj()
+        if getter is None:
+            return None
+        attr = getter.f_locals.get("self")
+        instance = getter.f_locals.get("instance")
+        relationship = isinstance(getattr(attr, "property", None), RelationshipProperty)
         info, at = _user_location(user, self.root)
-        message = _lazy_message(attr, instance, state.is_relationship_load, at)
+        message = _lazy_message(attr, instance, relationship, at)
         error = LazyLoadError(message)
         self._record("lazy load", message, info, error)
-        raise error
+        return error
 
-    def _on_connect(self, conn: Any) -> None:
+    def _on_checkout(self, dbapi_connection: Any, record: Any, proxy: Any) -> None:
         __tracebackhide__ = True
-        if getattr(conn.dialect, "is_async", False) or asyncio._get_running_loop() is None:
+        if not isinstance(dbapi_connection, AdaptedConnection):
+            self._sync_checkout()
+        self._checkouts.on_checkout(dbapi_connection, record, proxy)
+
+    def _sync_checkout(self) -> None:
+        """A sync engine's pool gives a connection: on the event loop's thread, its connect and
+        every query block the loop. (A sync engine run inside ``run_sync`` counts too: the
+        greenlet runs on the loop's thread.)"""
+        __tracebackhide__ = True
+        if asyncio._get_running_loop() is None:
             return
         _, user = _access_frames()
         info, at = _user_location(user, self.root)
-        url = conn.engine.url.render_as_string(hide_password=True)
+        url = _engine_url()
         message = (
             f"sync Engine {url} used on the event-loop thread at {at}: its connect and every "
             f"query block the loop\n"
@@ -258,11 +309,27 @@ class SQLAlchemyGuard:
         )
         error = SyncEngineOnLoopError(message)
         self._record("sync engine", message, info, error)
-        # Raised inside the Connection's constructor, after it took a connection from the
-        # pool: give that back, or it would only be reclaimed by the garbage collector.
-        with suppress(Exception):
-            conn.close()
+        # Raised in the pool's checkout, which gives the connection back (invalidated).
         raise error
+
+
+def _dialect_of(session: Session) -> Any:
+    try:
+        return session.get_bind().dialect
+    except Exception:  # a session bound per mapper: which engine is not known yet
+        return None
+
+
+def _engine_url() -> str:
+    """The URL of the Engine whose connect is on the stack (read only for a violation)."""
+    frame: FrameType | None = sys._getframe(2)
+    while frame is not None:
+        owner = frame.f_locals.get("self")
+        engine = owner if isinstance(owner, Engine) else getattr(owner, "engine", None)
+        if isinstance(engine, Engine):
+            return engine.url.render_as_string(hide_password=True)
+        frame = frame.f_back
+    return "(unknown URL)"
 
 
 def render(violations: list[Violation]) -> str:

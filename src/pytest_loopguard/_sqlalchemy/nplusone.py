@@ -1,16 +1,15 @@
 """N+1 through awaits: the same SELECT run N times from one line of the test's code.
 
 ``await user.awaitable_attrs.posts`` or ``await session.get(Post, id)`` in a loop sends one
-query per item. The engine's ``before_cursor_execute`` sees each statement as SQL text, the same
+query per item. The dialect's ``do_execute`` event sees each statement as SQL text, the same
 string for the same statement shape whatever its parameters; counted by (text, the user's line),
-for the statements an ORM session sends (Core work on a connection, such as the per-table
-checks of ``metadata.create_all``, is not counted).
-``do_orm_execute``, just before it in the same greenlet, says what the ORM was doing: a lazy
-load of ``User.posts``, a ``get`` of ``Post``, or an eager loader's batched follow-up query
-(selectinload sends one per 500 parents, by design: never counted). Only SELECTs count, and
-only single executions: a flush's INSERTs, and ``executemany``, are not N+1. What runs between
-an ORM SELECT's ``do_orm_execute`` and its cursor — autoflush's UPDATEs and INSERTs — neither
-counts nor hides the SELECT: ``for id in ids: (await session.get(P, id)).stock += 1`` is an N+1.
+for the SELECTs an ORM session sends (Core work on a connection, such as the per-table checks of
+``metadata.create_all``, is not counted). The compiled ORM statement and the execution's load
+options say what the ORM was doing: a lazy load of ``User.posts``, a ``get`` of ``Post``, or an
+eager loader's batched follow-up query (selectinload sends one per 500 parents, by design: never
+counted). Only single executions count: a flush's INSERTs, and ``executemany``, are not N+1. What
+runs between two SELECTs — autoflush's UPDATEs and INSERTs — neither counts nor hides them:
+``for id in ids: (await session.get(P, id)).stock += 1`` is an N+1.
 """
 
 from __future__ import annotations
@@ -20,8 +19,6 @@ from collections import Counter
 from dataclasses import dataclass
 from types import CodeType, FrameType
 from typing import Any
-
-from greenlet import getcurrent
 
 from .._base.frames import FrameFilter, FrameInfo, RawFrame, raw, resolve
 from .._base.greenlets import walk
@@ -65,26 +62,20 @@ class QueryCounter:
         # The first time each (statement, line) ran: the line, what the ORM loaded, and
         # whether it was an eager loader's follow-up (never an N+1).
         self._first: dict[tuple[str, CodeType, int], tuple[RawFrame, str | None, bool, bool]] = {}
-        self._pending: dict[Any, Any] = {}  # by greenlet: the ORM state of its next statement
         self._user = FrameFilter()
 
-    def orm(self, state: Any) -> None:
-        """``do_orm_execute`` of a SELECT, in the greenlet that sends it: an autoflush may
-        send UPDATEs and INSERTs before it (they leave it pending)."""
-        if state.is_select:
-            self._pending[getcurrent()] = state
-
-    def cursor(
-        self, conn: Any, cursor: Any, statement: str, parameters: Any, context: Any, many: bool
-    ) -> None:
-        """``before_cursor_execute``: count a SELECT against the line that ran it."""
-        if many or statement.lstrip()[:6].upper() != "SELECT":
-            return  # a flush's writes: not counted, and the ORM SELECT after them still is
-        greenlet = getcurrent()
-        state = self._pending.pop(greenlet, None)
+    def count(self, statement: str, context: Any, greenlet: Any) -> None:
+        """A statement about to run in ``greenlet``, AsyncSession's (the dialect's
+        ``do_execute``): count an ORM SELECT against the line that ran it."""
+        compiled = getattr(context, "compiled", None)
+        orm = getattr(compiled, "statement", None)
         # Only what an ORM session sends: schema checks (``metadata.create_all`` asks once per
-        # table), migrations and other Core work on a connection are not an N+1.
-        if state is None:
+        # table), migrations and other Core work on a connection are not an N+1. An ORM
+        # statement is one SQLAlchemy routes to the ORM's compiler (its propagated attributes
+        # say so; the attribute is private, and on 2.0 and 2.1 alike).
+        if not getattr(orm, "is_select", False):
+            return
+        if getattr(orm, "_propagate_attrs", {}).get("compile_state_plugin") != "orm":
             return
         user = self._user_frame(greenlet)
         if user is None:
@@ -92,23 +83,22 @@ class QueryCounter:
         key = (statement, user.f_code, user.f_lineno or 0)
         self._counts[key] += 1
         if key not in self._first:
-            self._first[key] = (raw(user, key[2]), *_described(state))
+            self._first[key] = (raw(user, key[2]), *_described(orm, context.execution_options))
 
     def _user_frame(self, greenlet: Any) -> FrameType | None:
         """The first user frame out from the statement. Inside AsyncSession's bridge it is
         above the greenlet: start from the frame that spawned it (``greenlet_spawn``), not
         from the twenty-odd SQLAlchemy frames inside."""
         parent: Any = getattr(greenlet, "parent", None)
-        top = getattr(parent, "gr_frame", None)
-        if top is not None and getattr(greenlet, "__sqlalchemy_greenlet_provider__", False):
-            frames = walk(top, parent if parent.parent is not None else None)
-        else:
-            frames = walk(sys._getframe(2), greenlet)
+        top: FrameType | None = getattr(parent, "gr_frame", None)
         is_user = self._user.is_user
-        for frame in frames:
-            if is_user(frame):
-                return frame
-        return None
+        if top is not None and parent.parent is None:
+            # The common case, a loop in a thread's main greenlet: plain frames (no ``walk``).
+            while top is not None and not is_user(top):
+                top = top.f_back
+            return top
+        frames = walk(top, parent) if top is not None else walk(sys._getframe(2), greenlet)
+        return next((frame for frame in frames if is_user(frame)), None)
 
     def found(self) -> list[NPlusOne]:
         """Every (statement, line) run at least ``threshold`` times, most first."""
@@ -119,21 +109,24 @@ class QueryCounter:
         ]
 
 
-def _described(state: Any) -> tuple[str | None, bool, bool]:  # an ORMExecuteState
+def _described(statement: Any, options: Any) -> tuple[str | None, bool, bool]:
     """What an ORM SELECT loads: (``Model.relationship``, lazy, eager) — a lazy load, or an
-    eager loader's batched follow-up (selectinload) — else (``Model``, False, False)."""
-    if not state.is_select:
-        return None, False, False
-    if state.is_relationship_load and state.lazy_loaded_from is None:
+    eager loader's batched follow-up (selectinload) — else (``Model``, False, False). Read as
+    SQLAlchemy's ``ORMExecuteState`` reads it: the path the statement was compiled along (the
+    root path for a query of its own) and the load options it runs with."""
+    path = getattr(getattr(statement, "_compile_options", None), "_current_path", None)
+    lazy_from = getattr(options.get("_sa_orm_load_options"), "_lazy_loaded_from", None)
+    if path is not None and not path.is_root and lazy_from is None:
         return None, False, True
-    if state.lazy_loaded_from is not None:
-        for element in reversed(tuple(getattr(state.loader_strategy_path, "path", ()))):
+    if lazy_from is not None:
+        for element in reversed(tuple(getattr(path, "path", ()))):
             parent = getattr(element, "parent", None)
             if getattr(element, "direction", None) is not None and parent is not None:
                 return f"{parent.class_.__name__}.{element.key}", True, False
         return None, True, False
-    mappers = getattr(state, "all_mappers", ())
-    return (mappers[0].class_.__name__ if mappers else None), False, False
+    subject = getattr(statement, "_propagate_attrs", {}).get("plugin_subject")
+    entity = getattr(subject, "class_", None)
+    return (entity.__name__ if entity is not None else None), False, False
 
 
 def message(found: NPlusOne, root: str | None, strict: bool) -> str:
