@@ -90,6 +90,15 @@ def _no_leaks() -> object:
     assert SETTINGS_ENV not in os.environ
     assert not list(pth.site_dir().glob(f"{pth.PREFIX}{os.getpid()}.pth"))
     assert not [f for f in sys.meta_path if hasattr(f, "pytest_loopguard_startup")]
+    # Nor of the lifecycle checks' wrappers.
+    wrapped = [
+        asyncio.BaseEventLoop.create_task,
+        asyncio.BaseEventLoop.call_exception_handler,
+        threading.Thread.start,
+        getattr(asyncio, "Runner", object).close,
+        getattr(warnings, "_warn_unawaited_coroutine", None),
+    ]
+    assert not [f for f in wrapped if hasattr(f, "__wrapped__")], wrapped
 
 
 def write_ini(pytester: pytest.Pytester, mode: str = "strict", extra: str = "") -> None:

@@ -142,7 +142,7 @@ def test_json_report_matches_its_schema(pytester: pytest.Pytester) -> None:
     document = _report(pytester.path / "blocks.json")
     assert (document["schema"], document["version"], document["mode"]) == (
         "pytest-loopguard/report",
-        5,
+        6,
         "fail",
     )
     blocks = document["blocks"]

@@ -35,7 +35,7 @@ def _run(pytester: pytest.Pytester, *args: str) -> pytest.RunResult:
 
 def _verdicts(pytester: pytest.Pytester) -> dict[str, str]:
     document = json.loads((pytester.path / "blocks.json").read_text())
-    assert document["version"] == 5
+    assert document["version"] == 6
     return {block["nodeid"].split("::")[1]: block["verdict"] for block in document["blocks"]}
 
 
@@ -194,7 +194,8 @@ def test_under_xdist_the_controller_lists_and_writes_once(pytester: pytest.Pytes
         ),
         (
             "# a comment\n\ntypo\ta\tb\tc\td\n",
-            "*/known.txt:3: 'typo' is not a kind of finding: expected one of block, nplusone, leak",
+            "*/known.txt:3: 'typo' is not a kind of finding: expected one of block, nplusone, "
+            "leak, task, exception, coroutine, thread",
         ),
         (b"\xff\xfe", "the baseline */known.txt (loop_baseline) cannot be read: *"),
     ],
@@ -294,7 +295,7 @@ def test_merge_prints_annotations_when_asked(pytester: pytest.Pytester) -> None:
         (
             lambda d: {**d, "version": 3},
             "pytest-loopguard: shard-2.json: report version 3, this "
-            "pytest-loopguard reads version 5*",
+            "pytest-loopguard reads version 6*",
         ),
         (
             lambda d: {**d, "threshold": 0.25},

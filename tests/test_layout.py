@@ -23,8 +23,8 @@ def _name(path: Path) -> str:
 
 MODULES = {_name(p): p for p in sorted(PACKAGE.rglob("*.py"))}
 # Each layer may import its own and the ones before it; the top-level modules are the faces.
-LAYERS = ["_base", "_backends", "_core", "_procs", "_sqlalchemy", "_plugin"]
-ENGINE_SIDE = {"_base", "_backends", "_core", "_procs", "_sqlalchemy"}
+LAYERS = ["_base", "_backends", "_core", "_procs", "_lifecycle", "_sqlalchemy", "_plugin"]
+ENGINE_SIDE = {"_base", "_backends", "_core", "_procs", "_lifecycle", "_sqlalchemy"}
 
 
 def _layer(module: str) -> str:

@@ -395,7 +395,7 @@ def test_json_report_names_the_backend(pytester: pytest.Pytester) -> None:
     report = json.loads((pytester.path / "blocks.json").read_text())
     backends = {b["nodeid"].split("::")[1]: b["backend"] for b in report["blocks"]}
     assert backends == {"test_trio_block": "trio", "test_asyncio_block": "asyncio"}
-    assert report["version"] == 5
+    assert report["version"] == 6
 
 
 def test_xdist_on_trio(pytester: pytest.Pytester) -> None:

@@ -21,8 +21,9 @@ from ._plugin import markers as _markers
 from ._plugin import settings as _settings
 from ._plugin import summary as _summary
 from ._plugin.options import MARKERS, OPTIONS
-from ._plugin.phases import ITEM_SETTINGS, TestRun, Watch, warn_never_raise
+from ._plugin.phases import ITEM_SETTINGS, TestRun, Watch
 from ._plugin.settings import SETTINGS_KEY, Settings
+from ._plugin.warn import warn_never_raise
 
 _WATCH = pytest.StashKey[Watch]()
 _UNWATCHED = pytest.StashKey[str]()  # why the session's child processes are not watched
@@ -63,6 +64,12 @@ def pytest_configure(config: pytest.Config) -> None:
             config.pluginmanager.register(_tracker(config, settings, known), "loopguard-baseline")
     config.pluginmanager.register(watch, "loopguard-watch")
     _watch_children(config, settings, watch, collector)
+    if settings.lifecycle != "off" and not _summary.distributed(config):
+        from ._plugin.lifecycle import Checks
+
+        watch.lifecycle = Checks(
+            _root(config), known, settings.baseline_update, collector.lifecycle
+        )
 
 
 def _watch_children(
@@ -110,6 +117,9 @@ def pytest_unconfigure(config: pytest.Config) -> None:
             watch.children.stop()
             watch.children = None
         watch.guard.pause()
+        if watch.lifecycle is not None:
+            watch.lifecycle.close()
+            watch.lifecycle = None
         settings = watch.settings
         ENGINE.release(strict=settings.strict, hang=settings.timeout is not None)
 

@@ -187,7 +187,7 @@ class SQLAlchemyGuard:
 
         stops = [watch_made(AsyncSession, self._checkouts.on_session)]
         stops.append(watch_made(AsyncConnection, self._checkouts.on_connection))
-        stops.append(watch_spawns(self._starting, self._owners.done))
+        stops.append(watch_spawns(self._starting))
 
         def unwatch() -> None:
             for stop in reversed(stops):
@@ -215,11 +215,11 @@ class SQLAlchemyGuard:
         error.where = where  # type: ignore[attr-defined]  # the failure points at it
         self.violations.append(Violation(kind, message, where, error))
 
-    def _starting(self, session: Session, here: FrameType | None) -> None:
+    def _starting(self, session: Session, operation: Any, here: FrameType | None) -> None:
         """An AsyncSession operation on ``session`` starts: fails when another task's is in
         flight."""
         __tracebackhide__ = True
-        message = self._owners.starting(session, here)
+        message = self._owners.starting(session, operation, here)
         if message is not None:
             self._shared.add(id(session))
             error = ConcurrentSessionError(message)

@@ -44,19 +44,43 @@ def _library_prefixes() -> tuple[str, ...]:
 _LIBRARY_PREFIXES = _library_prefixes()
 
 
+def _stdlib_prefixes() -> tuple[tuple[str, ...], tuple[str, ...]]:
+    paths = sysconfig.get_paths()
+    lib = {paths[key] for key in ("stdlib", "platstdlib") if key in paths}
+    packages = {paths[key] for key in ("purelib", "platlib") if key in paths}
+    packages.update(getattr(site, "getsitepackages", list)())
+
+    def spelled(found: set[str]) -> tuple[str, ...]:
+        both = {os.path.abspath(p) for p in found if p} | {os.path.realpath(p) for p in found if p}
+        return tuple(sorted(os.path.join(p, "") for p in both))
+
+    return spelled(lib), spelled(packages)
+
+
+_STDLIB, _SITE = _stdlib_prefixes()
+
+
+def is_stdlib(filename: str) -> bool:
+    """Whether ``filename`` is the standard library's (site-packages, inside it, is not)."""
+    return filename.startswith(_STDLIB) and not filename.startswith(_SITE)
+
+
 class FrameFilter:
     """Decides, once per code object, whether a frame belongs to the user's code."""
 
     def __init__(self) -> None:
-        self._cache: dict[CodeType, bool] = {}
+        # By id, with the code kept (so that its id cannot go to another): hashing a code
+        # object hashes its bytecode and constants, ~0.5 µs a lookup, and this runs for every
+        # frame a guard walks (the N+1 counter walks a few for every query).
+        self._cache: dict[int, tuple[CodeType, bool]] = {}
 
     def is_user(self, frame: FrameType) -> bool:
         code = frame.f_code
-        verdict = self._cache.get(code)
-        if verdict is None:
+        known = self._cache.get(id(code))
+        if known is None:
             module = str(frame.f_globals.get("__name__", ""))
-            verdict = self._cache[code] = _is_user(code.co_filename, module)
-        return verdict
+            known = self._cache[id(code)] = (code, _is_user(code.co_filename, module))
+        return known[1]
 
 
 def _is_user(filename: str, module: str) -> bool:

@@ -309,6 +309,11 @@ def annotation(block: Block) -> str:
     return f"::{kind} {place}title=pytest-loopguard::{_data(text)}"
 
 
+def workflow_command(kind: str, file: str, line: int, text: str) -> str:
+    """A GitHub Actions ``::error`` or ``::warning`` at ``file``'s ``line``."""
+    return f"::{kind} file={_property(file)},line={line},title=pytest-loopguard::{_data(text)}"
+
+
 def _data(text: str) -> str:
     return text.replace("%", "%25").replace("\r", "%0D").replace("\n", "%0A")
 

@@ -28,7 +28,7 @@ from .._base.report import relative
 
 # block: a block of the event loop; nplusone, leak: the SQLAlchemy guards' N+1 queries and
 # connections never given back, keyed by the line that ran the query or took the connection.
-KINDS = ("block", "nplusone", "leak")
+KINDS = ("block", "nplusone", "leak", "task", "exception", "coroutine", "thread")
 FINDING = "loopguard.finding"  # the user property a guard's finding travels on (xdist too)
 _FIELDS = ("kind", "node id", "file", "function", "source")
 HEADER = (

@@ -18,9 +18,14 @@ def _allow_marker(reason: Any = None) -> Any:
     return reason
 
 
+def _leaks_marker(reason: Any = None) -> Any:
+    return reason
+
+
 # Python names the function in a bad call's TypeError: make that the marker's name.
 _threshold_marker.__qualname__ = "loop_block_threshold"
 _allow_marker.__qualname__ = "allow_blocking"
+_leaks_marker.__qualname__ = "allow_leaks"
 
 
 def _call_marker(item: pytest.Item, marker: pytest.Mark, func: Any, example: str) -> Any:
@@ -39,7 +44,7 @@ def _args(marker: pytest.Mark) -> str:
     return f"({', '.join(parts)})"
 
 
-_OUR_MARKERS = frozenset({"loop_block_threshold", "allow_blocking"})
+_OUR_MARKERS = frozenset({"loop_block_threshold", "allow_blocking", "allow_leaks"})
 Inherited = dict[int, dict[str, pytest.Mark]]  # id(node) -> our markers nearest it
 
 
@@ -69,6 +74,10 @@ def for_item(item: pytest.Item, settings: Settings, inherited: Inherited | None 
     marker = closest.get("allow_blocking")
     if marker is not None:
         settings = _allowed_by(item, marker, settings)
+    marker = closest.get("allow_leaks")
+    if marker is not None:
+        _reason(item, marker, _leaks_marker, 'allow_leaks(reason="...")')
+        settings = replace(settings, allow_leaks=True)
     return settings
 
 
@@ -85,10 +94,15 @@ def _threshold_from(item: pytest.Item, marker: pytest.Mark, settings: Settings) 
 
 
 def _allowed_by(item: pytest.Item, marker: pytest.Mark, settings: Settings) -> Settings:
-    reason = _call_marker(item, marker, _allow_marker, 'allow_blocking(reason="...")')
+    reason = _reason(item, marker, _allow_marker, 'allow_blocking(reason="...")')
+    return replace(settings, allow_blocking=True, allow_reason=reason)
+
+
+def _reason(item: pytest.Item, marker: pytest.Mark, func: Any, example: str) -> str | None:
+    reason = _call_marker(item, marker, func, example)
     if reason is not None and not isinstance(reason, str):
         raise pytest.UsageError(
-            f"pytest-loopguard: bad @pytest.mark.allow_blocking on {item.nodeid}: "
+            f"pytest-loopguard: bad @pytest.mark.{marker.name} on {item.nodeid}: "
             f"reason must be a string, got {reason!r}"
         )
-    return replace(settings, allow_blocking=True, allow_reason=reason)
+    return reason

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 
 DEFAULT_THRESHOLD = 0.1
 MODES = ("fail", "warn")
+LIFECYCLE_MODES = ("fail", "warn", "off")
 
 THRESHOLD_HELP = (
     "Fail a test whose code holds the asyncio event loop for this many seconds or more "
@@ -23,7 +24,7 @@ MODE_HELP = (
     "outcome and each block becomes a PytestWarning, for adopting the plugin gradually."
 )
 REPORT_HELP = (
-    "Write every block of the run to this JSON file (schema pytest-loopguard/report, version 5; "
+    "Write every block of the run to this JSON file (schema pytest-loopguard/report, version 6; "
     "see report.schema.json in the package; an empty value on the command line turns it off)."
 )
 ALLOW_HELP = (
@@ -72,6 +73,16 @@ SUBPROCESSES_HELP = (
     "Watch the Python processes the session starts (servers in a fixture, uvicorn's and "
     "gunicorn's workers) with the same settings: their blocks fail the test running when they "
     "began (true/false; default true; --no-loop-block-subprocesses turns it off)."
+)
+LIFECYCLE_HELP = (
+    "Async lifecycle bugs a test leaves: tasks still pending, task exceptions nobody "
+    "retrieved, coroutines never awaited, threads still running — each at the line that "
+    "created it. 'fail' the test, 'warn' (default: a PytestWarning, the outcome unchanged), "
+    "or 'off'."
+)
+LEAKS_MARKER = (
+    "allow_leaks(reason=None): this test may leave tasks, coroutines or threads behind; they "
+    "are recorded, never failed (pytest-loopguard)."
 )
 NPLUSONE_MARKER = (
     "allow_nplusone: this test may run the same SELECT many times from one line (pytest-loopguard)."
@@ -140,6 +151,16 @@ OPTIONS = (
         SUBPROCESSES_HELP,
         "true",
     ),
+    Option(
+        "loop_lifecycle",
+        "--loop-lifecycle",
+        "|".join(LIFECYCLE_MODES),
+        "string",
+        "warn",
+        LIFECYCLE_HELP,
+        "warn",
+        "@pytest.mark.allow_leaks(reason=...)",
+    ),
     Option("loop_baseline", "--loop-baseline", "PATH", "string", "", BASELINE_HELP),
     Option(
         "loop_baseline_update",
@@ -188,7 +209,7 @@ OPTIONS = (
         "@pytest.mark.allow_nplusone (opts out)",
     ),
 )
-MARKERS = (THRESHOLD_MARKER, ALLOW_MARKER, LAZY_MARKER, NPLUSONE_MARKER)
+MARKERS = (THRESHOLD_MARKER, ALLOW_MARKER, LEAKS_MARKER, LAZY_MARKER, NPLUSONE_MARKER)
 
 
 def markdown_table() -> str:

@@ -10,7 +10,6 @@ a module, so that they reach the session's state without a lookup.
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
@@ -27,9 +26,11 @@ from .baseline import Entry, entry_of_event
 from .reprs import failure_repr, leading
 from .settings import Settings
 from .verdict import NOTHING, Verdict, judge
+from .warn import warn_never_raise
 
 if TYPE_CHECKING:
     from .children import Children
+    from .lifecycle import Checks
 
 ITEM_SETTINGS = pytest.StashKey[Settings]()
 _SECTION = "event loop blocked (pytest-loopguard)"
@@ -85,6 +86,7 @@ class Watch:
         self.pending = Pending(config.pluginmanager, self._decorate)
         self.known: frozenset[Entry] | None = None  # the baseline's entries, when one is set
         self.children: Children | None = None  # the session's watched child processes
+        self.lifecycle: Checks | None = None  # loop_lifecycle's checks, unless off
 
     @pytest.hookimpl(tryfirst=True)
     def pytest_runtest_setup(self, item: pytest.Item) -> None:
@@ -126,6 +128,14 @@ class Watch:
                 self.guard.set_context("call")
         else:
             self._end_phase(run, call)
+        lifecycle = self.lifecycle
+        if lifecycle is not None:
+            if when == "call":
+                lifecycle.after_call(item, run.settings, call)
+            elif when == "teardown":
+                lifecycle.after_teardown(item, run.settings, call)
+            elif call.excinfo is None:  # the setup passed: the test's body runs next
+                lifecycle.begin(item.nodeid)
         failed = call.excinfo is not None
         if when == "call":
             run.call = call
@@ -304,22 +314,6 @@ class Pending:
             self._plugins.unregister(self)
         if found is not None:
             self._decorate(report, *found)
-
-
-def warn_never_raise(warning: Warning, filename: str, lineno: int) -> None:
-    """Warn at the user's line as the filters say — except that a filter turning it into an
-    error (``filterwarnings = error``, ``-W error``, which well-kept suites set) does not: warn
-    mode promises never to change an outcome, and a raised warning would fail the test (and
-    show our internals as its traceback). Then it is shown as a warning all the same, in
-    pytest's warnings summary; the terminal section and the JSON report have it either way."""
-    try:
-        warnings.warn_explicit(warning, None, filename, lineno)
-    except Warning as raised:
-        if raised is not warning:
-            raise
-        with warnings.catch_warnings():  # pytest's recorder stays; only the filters are ours
-            warnings.simplefilter("always")
-            warnings.warn_explicit(warning, None, filename, lineno)
 
 
 def _unwrapped(error: BaseException | None) -> BaseException | None:

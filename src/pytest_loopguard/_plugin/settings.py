@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import pytest
 
-from .options import DEFAULT_THRESHOLD, MODES
+from .options import DEFAULT_THRESHOLD, LIFECYCLE_MODES, MODES
 
 _TRUE = ("1", "true", "yes", "on")
 _FALSE = ("0", "false", "no", "off", "")
@@ -83,6 +83,8 @@ class Settings:
     baseline_update: bool = False
     baseline_strict: bool = False
     subprocesses: bool = True  # watch the Python processes the session starts
+    lifecycle: str = "warn"  # tasks, coroutines and threads a test leaves: fail, warn or off
+    allow_leaks: bool = False  # @pytest.mark.allow_leaks: recorded, never failed
 
 
 SETTINGS_KEY = pytest.StashKey[Settings]()
@@ -189,6 +191,7 @@ def resolve(config: pytest.Config) -> Settings:
         baseline_update=_flag(config, "loop_baseline_update"),
         baseline_strict=_flag(config, "loop_baseline_strict"),
         subprocesses=_flag(config, "loop_block_subprocesses"),
+        lifecycle=_lifecycle(config),
     )
 
 
@@ -280,3 +283,21 @@ def _mode(config: pytest.Config) -> str:
     if cli is not None:
         return parse_mode(cli, "--loop-block-mode")
     return parse_mode(config.getini("loop_block_mode") or "fail", "ini loop_block_mode")
+
+
+def parse_lifecycle(raw: object, source: str) -> str:
+    """fail, warn or off, or a UsageError naming the value, its source and the valid values."""
+    value = str(raw).strip().lower()
+    if value not in LIFECYCLE_MODES:
+        raise pytest.UsageError(
+            f"pytest-loopguard: {raw!r} from {source} is not a valid loop_lifecycle: "
+            f"expected one of {', '.join(LIFECYCLE_MODES)}"
+        )
+    return value
+
+
+def _lifecycle(config: pytest.Config) -> str:
+    cli = config.getoption("loop_lifecycle")
+    if cli is not None:
+        return parse_lifecycle(cli, "--loop-lifecycle")
+    return parse_lifecycle(config.getini("loop_lifecycle") or "warn", "ini loop_lifecycle")

@@ -17,7 +17,7 @@ from .settings import Settings
 from .verdict import Verdict
 
 SCHEMA = "pytest-loopguard/report"
-VERSION = 5
+VERSION = 6
 _OTHER_ANNOTATOR = "pytest_github_actions_annotate_failures"
 Block = dict[str, object]
 
@@ -69,6 +69,7 @@ class Collector:
         self.blocks: list[Block] = []
         self.ran: set[str] = set()  # with a report: every test that ran (see Ran)
         self.findings: list[Block] = []  # with a report: the SQLAlchemy guards' (see Ran)
+        self.lifecycle: list[Block] = []  # tasks, coroutines, threads left behind (see Checks)
 
     def add(self, blocks: list[Block]) -> None:
         self.blocks.extend(blocks)
@@ -82,6 +83,8 @@ class Collector:
             for block in self.blocks:
                 if block["verdict"] in ("failed", "warned"):  # not allowed or known ones
                     terminalreporter.write_line(annotation(block))
+        if self.lifecycle:
+            self._lifecycle_section(terminalreporter)
         if not self.blocks or self.config.get_verbosity() < -1:
             return  # like pytest's own sections: shown with -q, not with -qq
         from .._base.report import summary_lines
@@ -91,6 +94,19 @@ class Collector:
         allowed = len(self.blocks) - len(counted) - known
         terminalreporter.write_sep("=", "pytest-loopguard: event loop blocks")
         for line in summary_lines(counted, allowed, known=known):
+            terminalreporter.write_line(line)
+
+    def _lifecycle_section(self, terminalreporter: pytest.TerminalReporter) -> None:
+        from . import lifecycle
+
+        if self._annotating():
+            for found in self.lifecycle:
+                if found["verdict"] in ("failed", "warned"):
+                    terminalreporter.write_line(lifecycle.annotation(found))
+        if self.config.get_verbosity() < -1:
+            return
+        terminalreporter.write_sep("=", "pytest-loopguard: async lifecycle")
+        for line in lifecycle.summary_lines(self.lifecycle):
             terminalreporter.write_line(line)
 
     def _annotating(self) -> bool:
@@ -146,8 +162,12 @@ class Relay:
         self.collector = collector
 
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
-        """Collect the blocks each test phase reported on a worker."""
+        """Collect the blocks and lifecycle findings each test phase reported on a worker."""
         self.collector.add(getattr(report, "loopguard_blocks", []))
+        if report.user_properties and report.when == "teardown":  # a test's, once
+            from .lifecycle import lifecycle_of
+
+            self.collector.lifecycle.extend(lifecycle_of(report))
 
 
 def distributed(config: pytest.Config) -> bool:

@@ -17,7 +17,7 @@ from __future__ import annotations
 import sys
 from collections import Counter
 from dataclasses import dataclass
-from types import CodeType, FrameType
+from types import FrameType
 from typing import Any
 
 from .._base.frames import FrameFilter, FrameInfo, RawFrame, raw, resolve
@@ -58,29 +58,29 @@ class QueryCounter:
 
     def __init__(self, threshold: int) -> None:
         self.threshold = threshold
-        self._counts: Counter[tuple[str, CodeType, int]] = Counter()
+        self._counts: Counter[tuple[str, int, int]] = Counter()
         # The first time each (statement, line) ran: the line, what the ORM loaded, and
         # whether it was an eager loader's follow-up (never an N+1).
-        self._first: dict[tuple[str, CodeType, int], tuple[RawFrame, str | None, bool, bool]] = {}
+        self._first: dict[tuple[str, int, int], tuple[RawFrame, str | None, bool, bool]] = {}
         self._user = FrameFilter()
+        # By compiled statement (SQLAlchemy caches one per statement shape): its ORM SELECT,
+        # or None when it is not one. Kept for the guard's life, as SQLAlchemy's cache is.
+        self._orm: dict[Any, Any] = {}
 
     def count(self, statement: str, context: Any, greenlet: Any) -> None:
         """A statement about to run in ``greenlet``, AsyncSession's (the dialect's
         ``do_execute``): count an ORM SELECT against the line that ran it."""
-        compiled = getattr(context, "compiled", None)
-        orm = getattr(compiled, "statement", None)
-        # Only what an ORM session sends: schema checks (``metadata.create_all`` asks once per
-        # table), migrations and other Core work on a connection are not an N+1. An ORM
-        # statement is one SQLAlchemy routes to the ORM's compiler (its propagated attributes
-        # say so; the attribute is private, and on 2.0 and 2.1 alike).
-        if not getattr(orm, "is_select", False):
-            return
-        if getattr(orm, "_propagate_attrs", {}).get("compile_state_plugin") != "orm":
+        compiled = context.compiled
+        orm = self._orm.get(compiled, _UNSEEN)
+        if orm is _UNSEEN:
+            orm = self._orm[compiled] = _orm_select(compiled)
+        if orm is None:
             return
         user = self._user_frame(greenlet)
         if user is None:
             return
-        key = (statement, user.f_code, user.f_lineno or 0)
+        # The code by id (hashing a code object costs ~0.5 µs): ``_first`` keeps it alive.
+        key = (statement, id(user.f_code), user.f_lineno or 0)
         self._counts[key] += 1
         if key not in self._first:
             self._first[key] = (raw(user, key[2]), *_described(orm, context.execution_options))
@@ -107,6 +107,21 @@ class QueryCounter:
             for key, count in self._counts.most_common()
             if count >= self.threshold and not (first := self._first[key])[3]
         ]
+
+
+_UNSEEN = object()
+
+
+def _orm_select(compiled: Any) -> Any:
+    """The ORM SELECT ``compiled`` was compiled from, or None. Only what an ORM session sends
+    counts: schema checks (``metadata.create_all`` asks once per table), migrations and other
+    Core work on a connection are not an N+1. An ORM statement is one SQLAlchemy routes to the
+    ORM's compiler (its propagated attributes say so; private, and so on 2.0 and 2.1 alike)."""
+    statement = getattr(compiled, "statement", None)
+    if not getattr(statement, "is_select", False):
+        return None
+    plugin = getattr(statement, "_propagate_attrs", {}).get("compile_state_plugin")
+    return statement if plugin == "orm" else None
 
 
 def _described(statement: Any, options: Any) -> tuple[str | None, bool, bool]:

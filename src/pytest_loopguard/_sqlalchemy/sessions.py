@@ -1,11 +1,12 @@
 """Two traps of an AsyncSession's life: one session in two tasks at once, and connections a test
 checks out and never gives back. Public SQLAlchemy events only; nothing of pytest.
 
-*Concurrent use.* Every AsyncSession operation (``execute``, ``get``, ``commit``, ``close``,
+*Concurrent use.* Every AsyncSession operation (``execute``, ``get``, ``commit``,
 ``awaitable_attrs``, ``run_sync``...) runs its sync twin through SQLAlchemy's ``greenlet_spawn``,
-awaited from start to end. Wrapping that one name in the AsyncSession modules (see
-``watch_spawns``) tells when each operation starts and ends: a second task starting one while
-another task's is in flight shares the session. Decided at the second task's call, before the
+whose coroutine it awaits from start to end. Wrapping that one name in the AsyncSession modules
+(see ``watch_spawns``) hands over each operation's coroutine as it is made; it is in flight
+until that coroutine has finished. A second task starting one while another task's is in
+flight shares the session. Decided at the second task's call, before the
 driver or the pool sees it, whatever the timing of the I/O — also while the first one is still
 checking out its connection. (SQLAlchemy has no event for it: ``do_orm_execute``, the nearest,
 builds an ``ORMExecuteState`` for every statement, +4.7% of an asyncpg query by callgrind.)
@@ -58,34 +59,26 @@ CONCURRENT_FIX = (
 
 
 class SessionOwners:
-    """The task whose operation is in flight on each session, and how deep (an operation that
-    runs another, such as ``run_sync`` calling back in, counts once)."""
+    """The operation last started on each session, and the task that started it."""
 
     def __init__(self, root: str | None) -> None:
         self._root = root
-        self._held: dict[int, list[Any]] = {}  # id(sync Session) -> [task, depth]
+        # id(sync Session) -> (the operation's coroutine, its task): in flight until that
+        # coroutine has finished (a finished one has no frame), however long it awaits. By id,
+        # not weakly: this runs for every operation (an id reused by a later session finds a
+        # finished coroutine: nothing in flight).
+        self._last: dict[int, tuple[Any, Any]] = {}
 
-    def starting(self, session: Any, here: FrameType | None) -> str | None:
-        """An operation on ``session`` (a sync ``Session``) starts at ``here``: the message of a
-        ``ConcurrentSessionError`` when another task's operation is in flight (then it does not
-        start, and ``done`` is not to be called)."""
+    def starting(self, session: Any, operation: Any, here: FrameType | None) -> str | None:
+        """``operation`` (a coroutine, not started yet) on ``session`` (a sync ``Session``) is
+        about to be awaited at ``here``: the message of a ``ConcurrentSessionError`` when
+        another task's operation is still in flight."""
         task = _current_task()
-        held = self._held.get(id(session))
-        if held is None:
-            self._held[id(session)] = [task, 1]
-        elif held[0] is task:
-            held[1] += 1
-        else:
-            return self._message(held[0], task, here)
+        last = self._last.get(id(session))
+        if last is not None and last[0].cr_frame is not None and last[1] is not task:
+            return self._message(last[1], task, here)
+        self._last[id(session)] = (operation, task)
         return None
-
-    def done(self, session: Any) -> None:
-        """The operation ``starting`` let start has ended (returned, raised or was cancelled)."""
-        held = self._held.get(id(session))
-        if held is not None:
-            held[1] -= 1
-            if held[1] <= 0:
-                del self._held[id(session)]
 
     def _message(
         self, first: asyncio.Task[Any] | None, second: asyncio.Task[Any] | None, top: Any
@@ -104,10 +97,8 @@ class SessionOwners:
 
 
 def _current_task() -> asyncio.Task[Any] | None:
-    try:
-        return asyncio.current_task()
-    except RuntimeError:  # no running loop: a greenlet_spawn driven by hand
-        return None
+    loop = asyncio._get_running_loop()  # None: a greenlet_spawn driven by hand
+    return None if loop is None else asyncio.current_task(loop)
 
 
 def _name(task: asyncio.Task[Any] | None) -> str:
@@ -251,18 +242,18 @@ class Checkouts:
 SPAWNING_MODULES = ("sqlalchemy.ext.asyncio.session", "sqlmodel.ext.asyncio.session")
 
 
-def watch_spawns(
-    starting: Callable[[Any, FrameType | None], None], done: Callable[[Any], None]
-) -> Callable[[], None]:
-    """Call ``starting(session, frame)`` before and ``done(session)`` after every AsyncSession
-    operation (``starting`` may raise: then the operation never starts); returns how to stop.
-    A wrapper of ``greenlet_spawn`` in the modules that call it (imported ones only)."""
+def watch_spawns(starting: Callable[[Any, Any, FrameType | None], None]) -> Callable[[], None]:
+    """Call ``starting(session, coroutine, frame)`` as every AsyncSession operation is made,
+    before it is awaited (``starting`` may raise: then it never runs); returns how to stop. A
+    wrapper of ``greenlet_spawn`` in the modules that call it (imported ones only): a plain
+    function handing back SQLAlchemy's own coroutine, so no await passes through it (an
+    ``async def`` around it cost asyncpg 1.4% a query: each of a query's awaits crossed it)."""
     stops = []
     for name in SPAWNING_MODULES:
         module = sys.modules.get(name)
         original = getattr(module, "greenlet_spawn", None)
         if module is not None and original is not None:
-            stops.append(_wrap_spawn(module, original, starting, done))
+            stops.append(_wrap_spawn(module, original, starting))
 
     def stop() -> None:
         for undo in reversed(stops):
@@ -274,19 +265,19 @@ def watch_spawns(
 def _wrap_spawn(
     module: Any,
     original: Callable[..., Any],
-    starting: Callable[[Any, FrameType | None], None],
-    done: Callable[[Any], None],
+    starting: Callable[[Any, Any, FrameType | None], None],
 ) -> Callable[[], None]:
-    async def greenlet_spawn(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    def greenlet_spawn(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         __tracebackhide__ = True
+        operation = original(fn, *args, **kwargs)
         session = _session_of(fn, args)
-        if session is None:
-            return await original(fn, *args, **kwargs)
-        starting(session, sys._getframe(1))
-        try:
-            return await original(fn, *args, **kwargs)
-        finally:
-            done(session)
+        if session is not None:
+            try:
+                starting(session, operation, sys._getframe(1))
+            except BaseException:
+                operation.close()  # it never runs: no "never awaited" warning for it
+                raise
+        return operation
 
     greenlet_spawn.__wrapped__ = original  # type: ignore[attr-defined]
     module.greenlet_spawn = greenlet_spawn
@@ -307,13 +298,11 @@ def _session_of(fn: Any, args: tuple[Any, ...]) -> Any:
     instance whose attribute ``awaitable_attrs`` loads. None for the ways out (``close``,
     ``rollback``...), which must always run: SQLAlchemy runs ``async with``'s close in a task
     of its own, shielded, while the task that failed a ``gather`` may still be in flight."""
-    if getattr(fn, "__name__", None) in _WAYS_OUT:
-        return None
     owner = getattr(fn, "__self__", None)
     if isinstance(owner, Session):
-        return owner
+        return None if fn.__name__ in _WAYS_OUT else owner
     if isinstance(owner, SessionTransaction):
-        return owner.session
+        return None if fn.__name__ in _WAYS_OUT else owner.session
     if args and isinstance(args[0], Session):
         return args[0]
     if fn is getattr and args:
