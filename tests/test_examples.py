@@ -218,3 +218,30 @@ def test_live_server_example(pytester: pytest.Pytester, examples: Path) -> None:
             f"  {LIVE}:19 in broken_order",
         ]
     )
+
+
+LIFE = "conftest_examples/lifecycle/test_background.py"
+
+
+def test_lifecycle_example(pytester: pytest.Pytester, examples: Path) -> None:
+    """Each broken route fails its test at the line that left something behind; each fixed
+    twin passes (``loop_lifecycle = fail`` in the examples' ini)."""
+    result = run_examples(pytester, "conftest_examples/lifecycle", "-W", "ignore::RuntimeWarning")
+    result.assert_outcomes(failed=3, errors=1, passed=5)
+    result.stdout.fnmatch_lines(["*test_fixed_* PASSED*"] * 4)
+    result.stdout.fnmatch_lines(
+        [
+            f"*pytest-loopguard: task send_welcome_email() created at {LIFE}:48 in "
+            "broken_signup was still pending when the test ended*",
+        ]
+    )
+    result.stdout.fnmatch_lines(
+        [
+            f"*task notify_sales() (ConnectionError: CRM unreachable while adding ada) created "
+            f"at {LIFE}:60 in broken_lead failed, and nobody retrieved its exception*",
+        ]
+    )
+    result.stdout.fnmatch_lines([f"*coroutine audit() called at {LIFE}:76 in broken_audit*"])
+    result.stdout.fnmatch_lines(
+        [f"*thread 'Thread-* (warm_cache)' (target warm_cache) started at {LIFE}:88 in broken*"]
+    )

@@ -42,6 +42,14 @@ _WHY = {
 _MADE = {TASK: "created", EXCEPTION: "created", COROUTINE: "called", THREAD: "started"}
 
 
+PREFIX = "pytest-loopguard: "  # a lifecycle failure's message starts so (see left_behind)
+
+
+def left_behind(error: BaseException) -> bool:
+    """Whether ``error`` is a lifecycle failure of ours (which needs no hint beside it)."""
+    return isinstance(error, pytest.fail.Exception) and str(error).startswith(PREFIX)
+
+
 def message(finding: Finding, where: FrameInfo, root: Path) -> str:
     """The text of one finding, as the warning, the failure and the annotation say it."""
     place = f"{relative(where.filename, root)}:{where.lineno} in {where.function}"
@@ -107,7 +115,7 @@ class Checks:
                 failing.append(text)
         if failing and call.excinfo is None:  # never instead of the test's own failure
             try:
-                pytest.fail("pytest-loopguard: " + "\n\n".join(failing), pytrace=False)
+                pytest.fail(PREFIX + "\n\n".join(failing), pytrace=False)
             except pytest.fail.Exception:
                 call.excinfo = pytest.ExceptionInfo.from_current()
 

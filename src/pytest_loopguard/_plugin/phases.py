@@ -247,7 +247,7 @@ class Watch:
             run.item.user_properties.extend(_summary.junit_properties(blocks))
             self.collector.add(blocks)
         error = _unwrapped(error)
-        if report.failed and error is not None:
+        if report.failed and error is not None and not _left_behind(error):
             self._explain(report, error)
         if isinstance(error, LoopHangError):
             error = _report.hang_error(verdict.events, error, root)
@@ -323,6 +323,12 @@ def _unwrapped(error: BaseException | None) -> BaseException | None:
     while isinstance(getattr(inner, "exceptions", None), tuple) and len(inner.exceptions) == 1:  # type: ignore[union-attr]
         inner = inner.exceptions[0]  # type: ignore[union-attr]
     return inner if isinstance(inner, LoopguardError | LoopHangError) else error
+
+
+def _left_behind(error: BaseException) -> bool:
+    from .lifecycle import left_behind  # only for a failure
+
+    return left_behind(error)
 
 
 def _known_error_hint(error: BaseException) -> str | None:
