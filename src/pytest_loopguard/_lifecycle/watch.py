@@ -62,7 +62,11 @@ FIXES = {
 # The installed recorders, innermost last: only that one records. A pytest session run inside
 # another one's test (pytester, a plugin's own suite) is its own, never its parent's.
 _STACK: list[Lifecycle] = []
-_RUN_IN_EXECUTOR: CodeType = asyncio.BaseEventLoop.run_in_executor.__code__
+# Where a loop's default executor starts its threads (uvloop's ``run_in_executor`` is C: its
+# ``to_thread`` still passes through asyncio's): the loop shuts that executor down as it closes.
+_LOOP_EXECUTOR: frozenset[CodeType] = frozenset(
+    {asyncio.BaseEventLoop.run_in_executor.__code__, asyncio.to_thread.__code__}
+)
 _GRACE = 0.1  # seconds a thread still running at the test's end gets to finish
 
 
@@ -177,7 +181,9 @@ class Lifecycle:
     def _wrapped_create_task(self, original: Callable[..., Any]) -> Callable[..., Any]:
         def create_task(loop: Any, coro: Any, *args: Any, **kwargs: Any) -> Any:
             task = original(loop, coro, *args, **kwargs)
-            if self.owner is not None and _STACK[-1] is self:
+            # Only the test's body's: a fixture's tasks are its own, and the runner's shutdown
+            # (two tasks for every async test) must cost nothing.
+            if self.in_call and _STACK[-1] is self:
                 self._task_made(task, coro)
             return task
 
@@ -186,7 +192,7 @@ class Lifecycle:
     def _task_made(self, task: Any, coro: Any) -> None:
         where = self._creator(sys._getframe(2))
         if where is not None:
-            made = _Made(weakref.ref(task), where, self.owner, f"task {_name(coro)}", self.in_call)
+            made = _Made(weakref.ref(task), where, self.owner, f"task {_name(coro)}", True)
             self._tasks[id(task)] = made
 
     def _wrapped_close(self, original: Callable[..., Any]) -> Callable[..., Any]:
@@ -255,7 +261,7 @@ class Lifecycle:
     def _wrapped_start(self, original: Callable[..., Any]) -> Callable[..., Any]:
         def start(thread: threading.Thread) -> None:
             original(thread)
-            if self.owner is not None and self.in_call and _STACK[-1] is self:
+            if self.in_call and _STACK[-1] is self:
                 self._thread_started(thread)
 
         return start
@@ -276,7 +282,7 @@ class Lifecycle:
         while frame is not None:
             if is_user(frame):
                 return raw(frame, frame.f_lineno or 0)
-            if owned_by_loop and frame.f_code is _RUN_IN_EXECUTOR:
+            if owned_by_loop and frame.f_code in _LOOP_EXECUTOR:
                 return None
             if not is_stdlib(frame.f_code.co_filename):
                 return None
