@@ -152,13 +152,13 @@ def test_coverage_is_said_in_the_header_and_fixed_routes_stay_clean(
 ) -> None:
     """Coverage's tracer slows CPU-bound code several times (5-10x measured): said in the
     header. On its own it never makes a clean route a block (the examples' fixed twins, on
-    aiosqlite: what the tracer slows is the Python code, the same on every database; and the live
-    server's, in a process of its own)."""
+    aiosqlite: what the tracer slows is the Python code, the same on every database; the live
+    server's, in a process of its own; the lifecycle example's, which leave nothing behind)."""
     pytest.importorskip("pytest_cov")
     examples = Path(__file__).parent.parent / "conftest_examples"
     shutil.copytree(examples, pytester.path / "conftest_examples")
     args = ("-p", "pytest_cov", "--cov=conftest_examples", "-k", "fixed")
     result = pytester.runpytest_subprocess(*ASYNCIO, *args, "conftest_examples")
-    result.assert_outcomes(passed=16)
+    result.assert_outcomes(passed=20)
     result.stdout.fnmatch_lines(["loopguard: * — a tracer (coverage) is active: *"])
     result.stdout.no_fnmatch_line("*LoopBlockedError*")

@@ -63,27 +63,34 @@ class QueryCounter:
         # whether it was an eager loader's follow-up (never an N+1).
         self._first: dict[tuple[str, int, int], tuple[RawFrame, str | None, bool, bool]] = {}
         self._user = FrameFilter()
-        # By compiled statement (SQLAlchemy caches one per statement shape): its ORM SELECT,
-        # or None when it is not one. Kept for the guard's life, as SQLAlchemy's cache is.
-        self._orm: dict[Any, Any] = {}
+        # By compiled statement (SQLAlchemy caches one per statement shape): its ORM SELECT
+        # (None when it is not one) and its text. Kept for the guard's life, as in that cache.
+        self._orm: dict[Any, tuple[Any, str]] = {}
 
     def count(self, statement: str, context: Any, greenlet: Any) -> None:
         """A statement about to run in ``greenlet``, AsyncSession's (the dialect's
         ``do_execute``): count an ORM SELECT against the line that ran it."""
         compiled = context.compiled
-        orm = self._orm.get(compiled, _UNSEEN)
-        if orm is _UNSEEN:
-            orm = self._orm[compiled] = _orm_select(compiled)
+        seen = self._orm.get(compiled)
+        if seen is None:
+            # The statement's text once a compiled statement, interned: the same string object
+            # each time, whose hash is kept (a query's text is long, and a new string each
+            # execution would be hashed three times a query).
+            seen = self._orm[compiled] = (_orm_select(compiled), sys.intern(statement))
+        orm, text = seen
         if orm is None:
             return
         user = self._user_frame(greenlet)
         if user is None:
             return
-        # The code by id (hashing a code object costs ~0.5 µs): ``_first`` keeps it alive.
-        key = (statement, id(user.f_code), user.f_lineno or 0)
+        # The call site: the code by id (hashing a code object hashes its bytecode; ``_first``
+        # keeps it alive) and the instruction's offset (``f_lineno`` decodes the line table
+        # from the function's start: microseconds in a long test); the line once, the first time.
+        key = (text, id(user.f_code), user.f_lasti)
         self._counts[key] += 1
         if key not in self._first:
-            self._first[key] = (raw(user, key[2]), *_described(orm, context.execution_options))
+            line = user.f_lineno or 0
+            self._first[key] = (raw(user, line), *_described(orm, context.execution_options))
 
     def _user_frame(self, greenlet: Any) -> FrameType | None:
         """The first user frame out from the statement. Inside AsyncSession's bridge it is
@@ -107,9 +114,6 @@ class QueryCounter:
             for key, count in self._counts.most_common()
             if count >= self.threshold and not (first := self._first[key])[3]
         ]
-
-
-_UNSEEN = object()
 
 
 def _orm_select(compiled: Any) -> Any:
