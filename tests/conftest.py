@@ -95,7 +95,7 @@ def _no_leaks() -> object:
         asyncio.BaseEventLoop.create_task,
         asyncio.BaseEventLoop.call_exception_handler,
         threading.Thread.start,
-        getattr(asyncio, "Runner", object).close,
+        getattr(getattr(asyncio, "Runner", None), "close", None),  # Python 3.11+
         getattr(warnings, "_warn_unawaited_coroutine", None),
     ]
     assert not [f for f in wrapped if hasattr(f, "__wrapped__")], wrapped
