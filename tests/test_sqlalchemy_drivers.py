@@ -148,8 +148,11 @@ def test_every_guard_on_each_driver(
     monkeypatch.setenv("LOOPGUARD_TEST_SESSION", session)
     pytester.makeconftest(CONFTEST)
     pytester.makepyfile(test_sqlmodel=TESTS)
-    # In a process of its own, as every inner SQLAlchemy session (see conftest.run_sa).
-    result = run(pytester, extra="loop_guard_sqlalchemy = true", subprocess=True)
+    # In a process of its own, as every inner SQLAlchemy session (see conftest.run_sa). The
+    # two-tasks test leaves asyncpg a connection its own close could not roll back: when the
+    # collector reaches that transport is chance (seen on 3.10), and its complaint is not ours.
+    unraisable = ("-W", "ignore::pytest.PytestUnraisableExceptionWarning")
+    result = run(pytester, *unraisable, extra="loop_guard_sqlalchemy = true", subprocess=True)
     # The clean test passes beside them: the guards were live and did not flag eager loads.
     result.assert_outcomes(failed=5, passed=3, errors=1, warnings=1)
     lazy = _line("        assert len(team.heroes) == 12")
