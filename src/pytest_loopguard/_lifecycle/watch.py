@@ -91,7 +91,6 @@ class _Made:
     where: RawFrame
     owner: object
     what: str
-    in_call: bool  # made while the test's own body ran (not a fixture's setup or teardown)
 
 
 class Lifecycle:
@@ -139,7 +138,7 @@ class Lifecycle:
         found = []
         for key, made in list(self._tasks.items()):
             task = made.ref()
-            if made.in_call and made.owner == self.owner and task is not None and not task.done():
+            if made.owner == self.owner and task is not None and not task.done():
                 found.append(Finding(TASK, made.what, made.where, made.owner))
                 del self._tasks[key]
         return found
@@ -192,7 +191,7 @@ class Lifecycle:
     def _task_made(self, task: Any, coro: Any) -> None:
         where = self._creator(sys._getframe(2))
         if where is not None:
-            made = _Made(weakref.ref(task), where, self.owner, f"task {_name(coro)}", True)
+            made = _Made(weakref.ref(task), where, self.owner, f"task {_name(coro)}")
             self._tasks[id(task)] = made
 
     def _wrapped_close(self, original: Callable[..., Any]) -> Callable[..., Any]:
@@ -210,7 +209,7 @@ class Lifecycle:
             return
         for key, made in list(self._tasks.items()):
             task = made.ref()
-            if made.in_call and task is not None and not task.done() and task.get_loop() is loop:
+            if task is not None and not task.done() and task.get_loop() is loop:
                 self._found.append(Finding(TASK, made.what, made.where, made.owner))
                 del self._tasks[key]
 
@@ -272,7 +271,7 @@ class Lifecycle:
             # Private, read only: a Thread keeps its target there, and names it best.
             target = getattr(getattr(thread, "_target", None), "__qualname__", None)
             what = f"thread {thread.name!r}" + (f" (target {target})" if target else "")
-            self._threads.append(_Made(weakref.ref(thread), where, self.owner, what, True))
+            self._threads.append(_Made(weakref.ref(thread), where, self.owner, what))
 
     def _creator(self, frame: FrameType | None, owned_by_loop: bool = False) -> RawFrame | None:
         """The user's line that made something, when the first frame out of the standard

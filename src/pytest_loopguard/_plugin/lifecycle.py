@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from .._base.frames import FrameInfo, resolve
-from .._base.report import relative
+from .._base.report import location
 from .._lifecycle.watch import COROUTINE, EXCEPTION, KINDS, TASK, THREAD, Finding, Lifecycle
 from .baseline import FINDING, Entry, entry_at
 from .settings import Settings
@@ -52,8 +52,7 @@ def left_behind(error: BaseException) -> bool:
 
 def message(finding: Finding, where: FrameInfo, root: Path) -> str:
     """The text of one finding, as the warning, the failure and the annotation say it."""
-    place = f"{relative(where.filename, root)}:{where.lineno} in {where.function}"
-    text = f"{finding.what} {_MADE[finding.kind]} at {place} {_WHY[finding.kind]}"
+    text = f"{finding.what} {_MADE[finding.kind]} at {location(where, root)} {_WHY[finding.kind]}"
     text += f"\nfix: {finding.fix}"
     if finding.detail:
         text += "\n" + finding.detail
@@ -107,8 +106,9 @@ class Checks:
         for finding in findings:
             where = resolve(finding.where)
             text = message(finding, where, self.root)
-            verdict = self._verdict(item.nodeid, settings, finding.kind, where)
-            self._record(item, finding, where, verdict)
+            entry = entry_at(finding.kind, item.nodeid, where, self.root)
+            verdict = self._verdict(settings, entry)
+            self._record(item, finding, entry, where.lineno, verdict)
             if verdict == "warned":
                 warn_never_raise(pytest.PytestWarning(text), where.filename, where.lineno)
             elif verdict == "failed":
@@ -119,19 +119,19 @@ class Checks:
             except pytest.fail.Exception:
                 call.excinfo = pytest.ExceptionInfo.from_current()
 
-    def _verdict(self, nodeid: str, settings: Settings, kind: str, where: FrameInfo) -> str:
+    def _verdict(self, settings: Settings, entry: Entry | None) -> str:
         if settings.allow_leaks:
             return "allowed"
-        entry = entry_at(kind, nodeid, where, self.root)
         if self.known is not None and (self.update or entry in self.known):
             return "known"
         return "failed" if settings.lifecycle == "fail" else "warned"
 
-    def _record(self, item: pytest.Item, finding: Finding, where: FrameInfo, verdict: str) -> None:
-        entry = entry_at(finding.kind, item.nodeid, where, self.root)
+    def _record(
+        self, item: pytest.Item, finding: Finding, entry: Entry | None, line: int, verdict: str
+    ) -> None:
         if entry is None:
             return
-        found = entry.finding(where.lineno, verdict)
+        found = entry.finding(line, verdict)
         found["what"] = finding.what
         item.user_properties.append((FINDING, found))  # JUnit, xdist, the JSON report
         self.found.append(found)

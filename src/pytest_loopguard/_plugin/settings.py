@@ -269,35 +269,37 @@ def _report(config: pytest.Config) -> str | None:
 
 def parse_mode(raw: object, source: str) -> str:
     """fail or warn, or a UsageError naming the value, its source and the valid values."""
-    value = str(raw).strip().lower()
-    if value not in MODES:
-        raise pytest.UsageError(
-            f"pytest-loopguard: {raw!r} from {source} is not a valid loop_block_mode: "
-            f"expected one of {', '.join(MODES)}"
-        )
-    return value
+    return _choice(raw, source, "loop_block_mode", MODES)
 
 
 def _mode(config: pytest.Config) -> str:
-    cli = config.getoption("loop_block_mode")
-    if cli is not None:
-        return parse_mode(cli, "--loop-block-mode")
-    return parse_mode(config.getini("loop_block_mode") or "fail", "ini loop_block_mode")
+    return _chosen(config, "loop_block_mode", "--loop-block-mode", MODES, "fail")
 
 
 def parse_lifecycle(raw: object, source: str) -> str:
     """fail, warn or off, or a UsageError naming the value, its source and the valid values."""
+    return _choice(raw, source, "loop_lifecycle", LIFECYCLE_MODES)
+
+
+def _lifecycle(config: pytest.Config) -> str:
+    return _chosen(config, "loop_lifecycle", "--loop-lifecycle", LIFECYCLE_MODES, "warn")
+
+
+def _choice(raw: object, source: str, name: str, choices: tuple[str, ...]) -> str:
     value = str(raw).strip().lower()
-    if value not in LIFECYCLE_MODES:
+    if value not in choices:
         raise pytest.UsageError(
-            f"pytest-loopguard: {raw!r} from {source} is not a valid loop_lifecycle: "
-            f"expected one of {', '.join(LIFECYCLE_MODES)}"
+            f"pytest-loopguard: {raw!r} from {source} is not a valid {name}: "
+            f"expected one of {', '.join(choices)}"
         )
     return value
 
 
-def _lifecycle(config: pytest.Config) -> str:
-    cli = config.getoption("loop_lifecycle")
+def _chosen(
+    config: pytest.Config, name: str, flag: str, choices: tuple[str, ...], default: str
+) -> str:
+    """One of ``choices``: the command line's, else the ini's, else ``default``."""
+    cli = config.getoption(name)
     if cli is not None:
-        return parse_lifecycle(cli, "--loop-lifecycle")
-    return parse_lifecycle(config.getini("loop_lifecycle") or "warn", "ini loop_lifecycle")
+        return _choice(cli, flag, name, choices)
+    return _choice(config.getini(name) or default, f"ini {name}", name, choices)
